@@ -1,0 +1,1 @@
+"""actionprior: learned action priors for cross-embodiment VLA policies."""

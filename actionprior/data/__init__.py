@@ -1,0 +1,1 @@
+"""Data: shard schema, writing, statistics, normalisation, windowing and the streaming DataModule."""

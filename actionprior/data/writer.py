@@ -1,0 +1,147 @@
+"""Writes episodes into a dataset directory: shard pairs, manifest and statistics.
+
+Each call to :meth:`DatasetWriter.add_shard` writes one ``traj-<name>.tar`` / ``obs-<name>.tar`` pair
+atomically (temporary file + rename) and then rewrites the manifest atomically, so an interrupted
+collection can resume by skipping the shards its manifest already lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from actionprior.data.schema import (
+    MANIFEST_FILE,
+    OBS_PREFIX,
+    SCHEMA_VERSION,
+    STATS_FILE,
+    TRAJ_PREFIX,
+    DataError,
+    Episode,
+    decode_trajectory,
+    episode_to_samples,
+)
+from actionprior.data.stats import compute_stats, stats_fingerprint
+from actionprior.embodiments import EmbodimentRegistry
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.exists():
+        raise DataError(f"{path}: no manifest; is '{directory}' a dataset written by actionprior?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from exc
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema_version {version}, this actionprior reads {SCHEMA_VERSION}")
+    return manifest
+
+
+def load_stats(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATS_FILE
+    if not path.exists():
+        raise DataError(f"{path}: no statistics; run `actionprior data stats {directory} --recompute`")
+    return json.loads(path.read_text())["embodiments"]
+
+
+class DatasetWriter:
+    def __init__(self, directory: str | Path, registry: EmbodimentRegistry, name: str | None = None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.registry = registry
+        if (self.dir / MANIFEST_FILE).exists():
+            self.manifest = load_manifest(self.dir)
+        else:
+            self.manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "name": name or self.dir.name,
+                "embodiments": {},
+                "shards": [],
+                "collection": {},
+            }
+
+    def has_shard(self, name: str) -> bool:
+        return any(s["name"] == name for s in self.manifest["shards"])
+
+    def add_shard(self, name: str, episodes: Sequence[Episode], collection: dict[str, Any] | None = None) -> None:
+        """Write one shard pair. ``collection`` records bookkeeping (attempts, failures) for this shard."""
+        if self.has_shard(name):
+            raise DataError(f"shard '{name}' already exists in {self.dir}")
+        for ep in episodes:
+            spec = self.registry[ep.embodiment]
+            if ep.state.shape[1] != spec.state_dim or ep.action.shape[1] != spec.action_dim:
+                raise DataError(
+                    f"episode {ep.key}: state/action dims {ep.state.shape[1]}/{ep.action.shape[1]} "
+                    f"do not match embodiment '{spec.name}' ({spec.state_dim}/{spec.action_dim})"
+                )
+            self.manifest["embodiments"][spec.name] = spec.to_dict()
+        traj_file, obs_file = f"{TRAJ_PREFIX}{name}.tar", f"{OBS_PREFIX}{name}.tar"
+        tmp_traj, tmp_obs = self.dir / (traj_file + ".tmp"), self.dir / (obs_file + ".tmp")
+        with wds.TarWriter(str(tmp_traj)) as traj_sink, wds.TarWriter(str(tmp_obs)) as obs_sink:
+            for ep in episodes:
+                traj, obs = episode_to_samples(ep)
+                traj_sink.write(traj)
+                obs_sink.write(obs)
+        os.replace(tmp_traj, self.dir / traj_file)
+        os.replace(tmp_obs, self.dir / obs_file)
+        self.manifest["shards"].append(
+            {
+                "name": name,
+                "traj": traj_file,
+                "obs": obs_file,
+                "episodes": [
+                    {"key": ep.key, "embodiment": ep.embodiment, "task": ep.task, "length": len(ep)}
+                    for ep in episodes
+                ],
+                "num_episodes": len(episodes),
+                "num_transitions": sum(len(ep) for ep in episodes),
+            }
+        )
+        if collection:
+            self.manifest["collection"][name] = collection
+        _atomic_write_json(self.dir / MANIFEST_FILE, self.manifest)
+
+    def finalize(self) -> dict[str, Any]:
+        """Recompute dataset totals and ``stats.json`` from the trajectory shards on disk."""
+        return write_stats(self.dir, self.manifest)
+
+
+def iter_trajectories(directory: Path, manifest: dict[str, Any]) -> Iterable[tuple[str, Any, Any]]:
+    for shard in manifest["shards"]:
+        path = directory / shard["traj"]
+        with tarfile.open(path) as tar:
+            fields: dict[str, dict[str, bytes]] = {}
+            for member in tar:
+                key, _, field = member.name.partition(".")
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    fields.setdefault(key, {})[field] = extracted.read()
+        for key, sample in fields.items():
+            state, action, meta = decode_trajectory(sample, f"{path}:{key}")
+            yield meta["embodiment"], state, action
+
+
+def write_stats(directory: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    directory = Path(directory)
+    manifest = manifest or load_manifest(directory)
+    stats = compute_stats(iter_trajectories(directory, manifest))
+    payload = {"schema_version": SCHEMA_VERSION, "fingerprint": stats_fingerprint(stats), "embodiments": stats}
+    _atomic_write_json(directory / STATS_FILE, payload)
+    manifest["num_episodes"] = sum(s["num_episodes"] for s in manifest["shards"])
+    manifest["num_transitions"] = sum(s["num_transitions"] for s in manifest["shards"])
+    _atomic_write_json(directory / MANIFEST_FILE, manifest)
+    return payload
