@@ -1,0 +1,303 @@
+"""A Hugging Face image-text model as the VLA's backbone.
+
+:class:`VLMBackbone` wraps any image-text model that the Auto classes load (hub id or local directory),
+or a tiny random-weight model built offline (``tiny:<family>``, see :mod:`tiny_backbones`). It turns
+camera frames + instructions + a few extra embedding tokens (the history token and the learned query
+tokens) into the final hidden states at the extra tokens' positions.
+
+Token layout per sample, left-padded so the extra tokens sit at the same final positions in every row::
+
+    [pad ...] [image block, one per present camera] [instruction tokens] [extra token x E]
+
+The extra tokens enter through placeholder ids whose *embeddings* are overwritten by a forward hook on
+the model's input-embedding layer. This keeps ``input_ids`` intact, which every architecture needs for
+image placement and (Qwen) multimodal RoPE, and works for any model that embeds ids through
+``get_input_embeddings()`` -- i.e. all of them. What differs between families (the image-token block,
+extra model inputs) lives in a small :class:`FamilyAdapter` per family.
+
+Image preprocessing uses the family's image processor class (PIL backend: the torchvision backend
+needs torchvision, which is not usable with this torch) on CPU inside ``forward``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny:"
+
+
+def pick_attn_implementation(requested: str = "auto") -> str:
+    """flash_attention_2 when installed and CUDA is present, otherwise PyTorch SDPA."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class FamilyAdapter:
+    """How one architecture family lays out image tokens and which extra inputs its forward needs."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any):
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+
+    def preprocess(
+        self, images: list[list[np.ndarray]]
+    ) -> tuple[dict[str, torch.Tensor], list[list[list[int]]]]:
+        """``images[b]`` = the present frames (HWC uint8) of sample b, in camera order.
+
+        Returns the pixel inputs for the model and, per sample and image, the image block's token ids.
+        """
+        raise NotImplementedError
+
+    def extra_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class QwenVLAdapter(FamilyAdapter):
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: ``<|vision_start|> <|image_pad|> x N <|vision_end|>`` per image."""
+
+    def preprocess(self, images):
+        flat = [img for sample in images for img in sample]
+        if not flat:
+            return {}, [[] for _ in images]
+        out = self.image_processor(images=flat, return_tensors="pt")
+        grid = out["image_grid_thw"]
+        merge = self.image_processor.merge_size
+        counts = (grid.prod(-1) // (merge * merge)).tolist()
+        c = self.config
+        blocks, i = [], 0
+        for sample in images:
+            blocks.append(
+                [
+                    [c.vision_start_token_id] + [c.image_token_id] * counts[i + j] + [c.vision_end_token_id]
+                    for j in range(len(sample))
+                ]
+            )
+            i += len(sample)
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}, blocks
+
+    def extra_inputs(self, input_ids, attention_mask):
+        # Multimodal RoPE needs to know which positions are image tokens (text 0, image 1).
+        return {"mm_token_type_ids": (input_ids == self.config.image_token_id).int()}
+
+
+class SmolVLMAdapter(FamilyAdapter):
+    """SmolVLM / Idefics3 without image splitting: ``<fake><global-img><image> x N <fake>`` per image."""
+
+    def preprocess(self, images):
+        if any(len(sample) == 0 for sample in images):
+            raise ValueError("SmolVLM backbone: every sample needs at least one present camera (camera_mask)")
+        out = self.image_processor(images=images, return_tensors="pt")
+        tok = self.tokenizer
+        vis = self.config.vision_config
+        seq_len = (vis.image_size // vis.patch_size) ** 2 // (self.config.scale_factor**2)
+        fake = tok.convert_tokens_to_ids("<fake_token_around_image>")
+        glob = tok.convert_tokens_to_ids("<global-img>")
+        block = [fake, glob] + [self.config.image_token_id] * seq_len + [fake]
+        blocks = [[list(block) for _ in sample] for sample in images]
+        return {
+            "pixel_values": out["pixel_values"],
+            "pixel_attention_mask": out["pixel_attention_mask"],
+        }, blocks
+
+    def extra_inputs(self, input_ids, attention_mask):
+        # Left padding: positions count real tokens only, so the same prompt gets the same positions.
+        return {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+
+
+ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "qwen2_vl": QwenVLAdapter,
+    "qwen2_5_vl": QwenVLAdapter,
+    "qwen3_vl": QwenVLAdapter,
+    "smolvlm": SmolVLMAdapter,
+    "idefics3": SmolVLMAdapter,
+}
+
+
+class VLMBackbone(nn.Module):
+    """Images + instructions + extra embeddings -> hidden states at the extra tokens."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        image_processor: Any,
+        source: str = "",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        model_type = model.config.model_type
+        if model_type not in ADAPTERS:
+            raise ValueError(
+                f"backbone '{source}' has model_type '{model_type}', which has no image/token adapter; "
+                f"supported: {sorted(ADAPTERS)} (add a FamilyAdapter in actionprior/models/vlm_backbone.py)"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.source = source
+        self.adapter = ADAPTERS[model_type](model, tokenizer, image_processor)
+        text_config = model.config.get_text_config()
+        self.hidden_size: int = int(text_config.hidden_size)
+        # Any id works as the extra-token placeholder (its embedding is replaced); the pad id is always valid.
+        self._placeholder_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self._pending_extra: torch.Tensor | None = None
+        model.get_input_embeddings().register_forward_hook(self._insert_extra)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # A backbone whose weights we train must not cache keys/values.
+        model.config.use_cache = False
+        text_config.use_cache = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        attn_implementation: str = "auto",
+        gradient_checkpointing: bool = False,
+        torch_dtype: str | None = None,
+        tiny_seed: int = 0,
+    ) -> VLMBackbone:
+        """A hub id, a local directory, or ``tiny:<family>`` (random weights, built offline)."""
+        attn = pick_attn_implementation(attn_implementation)
+        if name_or_path.startswith(TINY_PREFIX):
+            from actionprior.models.tiny_backbones import build_tiny_backbone
+
+            model, tokenizer, processor = build_tiny_backbone(
+                name_or_path[len(TINY_PREFIX) :], seed=tiny_seed
+            )
+            model.set_attn_implementation(attn)
+        else:
+            model = AutoModel.from_pretrained(
+                name_or_path, attn_implementation=attn, dtype=torch_dtype or "auto"
+            )
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+        log.info(
+            "VLM backbone %s (%s): attention implementation = %s", name_or_path, type(model).__name__, attn
+        )
+        return cls(
+            model, tokenizer, processor, source=name_or_path, gradient_checkpointing=gradient_checkpointing
+        )
+
+    def export_spec(self) -> dict[str, Any]:
+        """Everything but the weights needed to rebuild this backbone offline (weights live in the state dict).
+
+        The files that ``save_pretrained`` writes for config, tokenizer and image processor, as text, so a
+        checkpoint rebuilds the backbone with no hub access and no dependence on a local directory.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            self.model.config.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            self.image_processor.save_pretrained(tmp)
+            files = {p.name: p.read_text() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+        return {"source": self.source, "files": files}
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: dict[str, Any],
+        attn_implementation: str = "auto",
+        gradient_checkpointing: bool = False,
+    ) -> VLMBackbone:
+        """Rebuild with random weights from :meth:`export_spec`; load the state dict afterwards."""
+        attn = pick_attn_implementation(attn_implementation)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in spec["files"].items():
+                (Path(tmp) / name).write_text(text)
+            config = AutoConfig.from_pretrained(tmp)
+            tokenizer = AutoTokenizer.from_pretrained(tmp)
+            processor = AutoImageProcessor.from_pretrained(tmp, backend="pil")
+        model = AutoModel.from_config(config, attn_implementation=attn)
+        log.info("VLM backbone rebuilt from checkpoint spec (%s): attention = %s", spec.get("source"), attn)
+        return cls(
+            model,
+            tokenizer,
+            processor,
+            source=spec.get("source", ""),
+            gradient_checkpointing=gradient_checkpointing,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _insert_extra(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+        extra = self._pending_extra
+        if extra is None or output.dim() != 3 or output.shape[0] != extra.shape[0]:
+            return None
+        n = extra.shape[1]
+        return torch.cat([output[:, :-n], extra.to(output.dtype)], dim=1)
+
+    def build_inputs(
+        self,
+        images: torch.Tensor,
+        camera_mask: torch.Tensor,
+        instructions: Sequence[str],
+        num_extra: int,
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs (ids, mask, pixels, family extras) with ``num_extra`` placeholders at the end."""
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be uint8 [B, C, 3, h, w], got shape {tuple(images.shape)}")
+        bsz = images.shape[0]
+        if len(instructions) != bsz or camera_mask.shape[:2] != images.shape[:2]:
+            raise ValueError(
+                f"batch mismatch: images {tuple(images.shape)}, camera_mask {tuple(camera_mask.shape)}, "
+                f"{len(instructions)} instructions"
+            )
+        frames = images.permute(0, 1, 3, 4, 2).cpu().numpy()  # [B, C, h, w, 3] for the image processor
+        present = camera_mask.cpu().numpy().astype(bool)
+        per_sample = [[frames[b, c] for c in range(frames.shape[1]) if present[b, c]] for b in range(bsz)]
+        pixel_inputs, blocks = self.adapter.preprocess(per_sample)
+        text_ids = self.tokenizer(list(instructions), add_special_tokens=False)["input_ids"]
+        rows = [
+            [t for block in blocks[b] for t in block] + list(text_ids[b]) + [self._placeholder_id] * num_extra
+            for b in range(bsz)
+        ]
+        width = max(len(r) for r in rows)
+        pad = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        input_ids = torch.full((bsz, width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((bsz, width), dtype=torch.long)
+        for b, row in enumerate(rows):  # left padding keeps the extra tokens at the last positions
+            input_ids[b, width - len(row) :] = torch.tensor(row)
+            attention_mask[b, width - len(row) :] = 1
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **pixel_inputs}
+        inputs.update(self.adapter.extra_inputs(input_ids, attention_mask))
+        return inputs
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        camera_mask: torch.Tensor,
+        instructions: Sequence[str],
+        extra_embeds: torch.Tensor,
+    ) -> torch.Tensor:
+        """``extra_embeds [B, E, D]`` are appended after image and text; returns their final hidden states."""
+        if extra_embeds.dim() != 3 or extra_embeds.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"extra_embeds must be [B, E, {self.hidden_size}] (the VLM width), got {tuple(extra_embeds.shape)}"
+            )
+        device = extra_embeds.device
+        inputs = self.build_inputs(images, camera_mask, instructions, extra_embeds.shape[1])
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        self._pending_extra = extra_embeds
+        try:
+            out = self.model(**inputs, use_cache=False)
+        finally:
+            self._pending_extra = None
+        return out.last_hidden_state[:, -extra_embeds.shape[1] :]
