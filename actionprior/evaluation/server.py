@@ -1,0 +1,189 @@
+"""Policy server: one policy behind a websocket, msgpack messages (see :mod:`protocol`), no pickle.
+
+Each connection is one control stream (one robot, one episode at a time): it gets its own history and
+action queue (:meth:`BasePolicy.fork`) while all connections share the weights. Requests are validated
+against the embodiment spec stored in the checkpoint; a malformed request is answered with an error
+message and the server keeps serving. Binds to 127.0.0.1 unless told otherwise: the server executes
+no code from clients, but it is an unauthenticated endpoint that drives a robot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from actionprior.evaluation.base import BasePolicy
+from actionprior.evaluation.observation import ObservationError
+from actionprior.evaluation.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ProtocolError,
+    decode,
+    encode,
+    error_reply,
+)
+
+log = logging.getLogger(__name__)
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+class PolicyServer:
+    """Serves ``policy`` on ``host:port``. ``port=0`` picks a free port (see :attr:`port`)."""
+
+    def __init__(
+        self,
+        policy: BasePolicy,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.policy = policy
+        self.max_message_bytes = max_message_bytes
+        # The model is shared by all connections; one forward at a time keeps results deterministic
+        # and memory bounded (CPU inference is already multi-threaded inside torch).
+        self._model_lock = threading.Lock()
+        # Messages a bit over the limit still arrive, so that they can be answered with an error;
+        # websockets closes the connection (code 1009) only beyond this hard cap.
+        self._server: Server = serve(
+            self._handle_connection,
+            host,
+            port,
+            max_size=2 * max_message_bytes + 1024 * 1024,
+            compression=None,
+        )
+        self.host = host
+        self.port = self._server.socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def start_in_thread(self) -> threading.Thread:
+        """Serve from a daemon thread (tests, notebooks); stop with :meth:`shutdown`."""
+        thread = threading.Thread(target=self.serve_forever, name="policy-server", daemon=True)
+        thread.start()
+        return thread
+
+    def shutdown(self) -> None:
+        self._server.shutdown()
+
+    def __enter__(self) -> PolicyServer:
+        self.start_in_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _handle_connection(self, ws: ServerConnection) -> None:
+        policy = self.policy.fork()
+        peer = ws.remote_address  # read now: the socket is gone once the client has left
+        log.info("client connected: %s", peer)
+        try:
+            for message in ws:
+                ws.send(encode(self.handle_message(policy, message)))
+        except ConnectionClosed:
+            pass
+        log.info("client disconnected: %s", peer)
+
+    def handle_message(self, policy: BasePolicy, message: bytes | str) -> dict[str, Any]:
+        """One request → one reply. Never raises: every failure becomes an error reply."""
+        start = time.perf_counter()
+        try:
+            request = decode(message, self.max_message_bytes)
+            if not isinstance(request, dict) or not isinstance(request.get("type"), str):
+                raise ProtocolError("request must be a map with a string 'type' ('act', 'reset' or 'info')")
+            kind = request["type"]
+            if kind == "act":
+                if "observation" not in request:
+                    raise ProtocolError("'act' request needs an 'observation' field")
+                with self._model_lock:
+                    action = policy.act(request["observation"])
+                return {
+                    "ok": True,
+                    "action": action,
+                    "inference_ms": (time.perf_counter() - start) * 1e3,
+                    "model_ms": policy.last_inference_ms if policy.last_replanned else 0.0,
+                    "replanned": policy.last_replanned,
+                }
+            if kind == "reset":
+                policy.reset()
+                return {"ok": True}
+            if kind == "info":
+                return {"ok": True, "info": policy.describe()}
+            raise ProtocolError(f"unknown request type '{kind}'; expected 'act', 'reset' or 'info'")
+        except (ProtocolError, ObservationError) as exc:
+            log.warning("rejected request: %s", exc)
+            return error_reply(str(exc))
+        except Exception as exc:  # a bug or a model failure must not take the server down
+            log.exception("internal error while handling a request")
+            return error_reply(f"internal server error: {type(exc).__name__}: {exc}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="actionprior serve", description="Serve a trained policy over websockets."
+    )
+    p.add_argument("--ckpt", required=True, help="Stage 2 checkpoint (.ckpt)")
+    p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--replan-every", type=int, default=None, help="actions executed per chunk (default: from ckpt)"
+    )
+    p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps of the flow decoder")
+    p.add_argument("--stats", default=None, help="stats.json whose fingerprint the checkpoint must match")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    return p
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    from actionprior.evaluation.policy import Policy
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    console = Console()
+    if not _is_loopback(args.host):
+        console.print(
+            f"[yellow]warning:[/] binding to {args.host}: the policy server has no authentication; "
+            "anyone who can reach this port can command the robot"
+        )
+    policy = Policy.from_checkpoint(
+        args.ckpt,
+        device=args.device,
+        replan_every=args.replan_every,
+        sampling_steps=args.sampling_steps,
+        expected_stats=args.stats,
+    )
+    server = PolicyServer(policy, args.host, args.port, args.max_message_bytes)
+    console.print(f"serving [bold]{args.ckpt}[/] on [bold]{server.url}[/] (Ctrl-C to stop)")
+    console.print(policy.describe())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        server.shutdown()
+    return 0
