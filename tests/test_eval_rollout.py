@@ -1,0 +1,151 @@
+"""Rollouts in worker processes and the report, on a toy point-reaching env that follows the sim contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
+from actionprior.evaluation.base import BasePolicy, History, RandomPolicy
+from actionprior.evaluation.observation import ObservationSpec
+from actionprior.evaluation.report import aggregate, frame_grid, success_table, write_all
+from actionprior.evaluation.rollout import RolloutError, make_jobs, run_rollouts
+
+IMG = 24
+
+
+def registry() -> EmbodimentRegistry:
+    return EmbodimentRegistry(
+        [EmbodimentSpec("point", ("x", "y", "gx", "gy"), ("dx", "dy"), "delta", 10.0, cameras=("top",))]
+    )
+
+
+class ToyEnv:
+    """A point that must reach a seeded goal; renders the point (red) and goal (green) from 'top'."""
+
+    def __init__(self, task: str, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.task = task
+        self.crash = task == "crash"
+
+    def _obs(self) -> dict:
+        img = np.full((IMG, IMG, 3), 40, np.uint8)
+        for (x, y), color in ((self.goal, (0, 255, 0)), (self.pos, (255, 0, 0))):
+            i, j = (np.clip((np.array([y, x]) + 1) / 2 * (IMG - 1), 0, IMG - 1)).round().astype(int)
+            img[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = color
+        return {
+            "state": np.concatenate([self.pos, self.goal]).astype(np.float32),
+            "images": {"top": img},
+            "instruction": f"reach the goal ({self.task})",
+        }
+
+    def reset(self) -> dict:
+        self.pos = self.rng.uniform(-1, 1, 2)
+        self.goal = self.rng.uniform(-1, 1, 2)
+        while np.linalg.norm(self.goal - self.pos) < 0.5:  # never solved at the start
+            self.goal = self.rng.uniform(-1, 1, 2)
+        return self._obs()
+
+    def step(self, action: np.ndarray):
+        if self.crash:
+            raise RuntimeError("simulated physics blew up")
+        self.pos = np.clip(self.pos + np.clip(action, -0.2, 0.2), -1, 1)
+        return self._obs(), bool(np.linalg.norm(self.pos - self.goal) < 0.1), False
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ToyEnvFactory:
+    def __call__(self, embodiment: str, task: str, seed: int) -> ToyEnv:
+        return ToyEnv(task, seed)
+
+
+class ExpertPolicy(BasePolicy):
+    """Moves towards the goal read from the state; plans 3-step chunks and replans every 2."""
+
+    def __init__(self):
+        super().__init__(ObservationSpec(registry(), ("top",), IMG), replan_every=2)
+
+    def predict_chunk(self, observation, history: History) -> np.ndarray:
+        s = observation["state"]
+        step = np.clip(s[2:] - s[:2], -0.2, 0.2)
+        return np.stack([step, step / 2, step / 4]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ExpertFactory:
+    def __call__(self) -> ExpertPolicy:
+        return ExpertPolicy()
+
+
+@dataclass(frozen=True)
+class FrozenFactory:
+    """Outputs zero actions: never reaches the goal."""
+
+    def __call__(self) -> RandomPolicy:
+        zero = (np.zeros(2), np.zeros(2))
+        return RandomPolicy(ObservationSpec(registry(), ("top",), IMG), bounds={"point": zero})
+
+
+def test_parallel_rollouts_score_policies_and_record_frames() -> None:
+    entries = [("point", "reach-a", 30), ("point", "reach-b", 30)]
+    jobs = make_jobs(entries, episodes_per_task=3, cameras={"point": ("top",)}, base_seed=7)
+    assert len({j.seed for j in jobs}) == 6 and [j.record_video for j in jobs[:3]] == [True, False, False]
+    seen = []
+    expert = run_rollouts(jobs, ExpertFactory(), ToyEnvFactory(), workers=2, on_result=seen.append)
+    assert len(seen) == 6 and [(r.task, r.episode) for r in expert] == [(j.task, j.episode) for j in jobs]
+    assert all(r.success for r in expert) and all(1 <= r.steps < 30 for r in expert)
+    # replanning every 2 actions: ceil(steps / 2) chunks
+    assert all(r.replans == -(-r.steps // 2) for r in expert)
+    frozen = run_rollouts(jobs, FrozenFactory(), ToyEnvFactory(), workers=0)
+    assert not any(r.success for r in frozen) and all(r.steps == 30 for r in frozen)
+    # same seeds → same episodes: the starting frame is identical between the two policies
+    np.testing.assert_array_equal(expert[0].frames[0], frozen[0].frames[0])
+    video = expert[0].frames
+    assert video.dtype == np.uint8 and video.shape == (expert[0].steps + 1, IMG, IMG, 3)
+    assert expert[1].frames is None
+    # the point moves: frames differ over time
+    assert np.abs(video[-1].astype(int) - video[0].astype(int)).sum() > 0
+
+
+def test_crashing_episode_stops_the_evaluation_with_its_identity() -> None:
+    jobs = make_jobs([("point", "crash", 5)], 2, {"point": ("top",)})
+    with pytest.raises(RolloutError, match=r"point/crash \(seed 0\) failed: RuntimeError: simulated physics"):
+        run_rollouts(jobs, ExpertFactory(), ToyEnvFactory(), workers=1)
+
+
+def test_report_files_table_chart_and_tensorboard(tmp_path) -> None:
+    jobs = make_jobs([("point", "reach-a", 30), ("point", "reach-b", 4)], 2, {"point": ("top",)})
+    results = run_rollouts(jobs, ExpertFactory(), ToyEnvFactory(), workers=0)
+    report = write_all(results, tmp_path, meta={"ckpt": "toy"})
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["meta"] == {"ckpt": "toy"} and len(on_disk["episodes"]) == 4
+    rows = {r["task"]: r for r in on_disk["per_task"]}
+    assert rows["reach-a"]["successes"] == 2 and rows["reach-a"]["success_rate"] == 1.0
+    expected = sum(r.success for r in results) / 4
+    assert on_disk["overall"]["success_rate"] == pytest.approx(expected)
+    assert on_disk["per_embodiment"]["point"]["episodes"] == 4
+    chart = np.asarray(Image.open(tmp_path / "success.png").convert("RGB"))
+    assert chart.shape[0] > 40 and chart.std() > 10  # drawn, not a blank canvas
+    gifs = sorted((tmp_path / "videos").glob("*.gif"))
+    assert [g.name.split("__")[1] for g in gifs] == ["reach-a", "reach-b"]
+    with Image.open(gifs[0]) as gif:
+        assert gif.n_frames == results[0].steps + 1 and gif.size[0] >= 256
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000
+    assert report["artifacts"]["videos"] == [str(g) for g in gifs]
+    table = success_table(aggregate(results))
+    assert table.row_count == 2 + 1 + 1  # two tasks, one embodiment row, the total
+
+
+def test_frame_grid_keeps_first_and_last_frames() -> None:
+    frames = np.stack([np.full((4, 5, 3), i, np.uint8) for i in range(20)])
+    grid = frame_grid(frames, max_frames=5)
+    assert grid.shape == (4, 25, 3)
+    assert grid[0, 0, 0] == 0 and grid[0, -1, 0] == 19
