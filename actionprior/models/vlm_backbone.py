@@ -248,8 +248,13 @@ class VLMBackbone(nn.Module):
         camera_mask: torch.Tensor,
         instructions: Sequence[str],
         num_extra: int,
+        extra_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Model inputs (ids, mask, pixels, family extras) with ``num_extra`` placeholders at the end."""
+        """Model inputs (ids, mask, pixels, family extras) with ``num_extra`` placeholders at the end.
+
+        ``extra_mask [B, E]`` False hides an extra token from attention (and from position counting),
+        which is exactly equivalent to leaving it out: how a sample is given "no history token".
+        """
         if images.dim() != 5 or images.shape[2] != 3:
             raise ValueError(f"images must be uint8 [B, C, 3, h, w], got shape {tuple(images.shape)}")
         bsz = images.shape[0]
@@ -274,6 +279,10 @@ class VLMBackbone(nn.Module):
         for b, row in enumerate(rows):  # left padding keeps the extra tokens at the last positions
             input_ids[b, width - len(row) :] = torch.tensor(row)
             attention_mask[b, width - len(row) :] = 1
+        if extra_mask is not None:
+            if tuple(extra_mask.shape) != (bsz, num_extra):
+                raise ValueError(f"extra_mask must be [{bsz}, {num_extra}], got {tuple(extra_mask.shape)}")
+            attention_mask[:, width - num_extra :] = extra_mask.to(torch.long).cpu()
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **pixel_inputs}
         inputs.update(self.adapter.extra_inputs(input_ids, attention_mask))
         return inputs
@@ -284,6 +293,7 @@ class VLMBackbone(nn.Module):
         camera_mask: torch.Tensor,
         instructions: Sequence[str],
         extra_embeds: torch.Tensor,
+        extra_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``extra_embeds [B, E, D]`` are appended after image and text; returns their final hidden states."""
         if extra_embeds.dim() != 3 or extra_embeds.shape[-1] != self.hidden_size:
@@ -291,7 +301,7 @@ class VLMBackbone(nn.Module):
                 f"extra_embeds must be [B, E, {self.hidden_size}] (the VLM width), got {tuple(extra_embeds.shape)}"
             )
         device = extra_embeds.device
-        inputs = self.build_inputs(images, camera_mask, instructions, extra_embeds.shape[1])
+        inputs = self.build_inputs(images, camera_mask, instructions, extra_embeds.shape[1], extra_mask)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

@@ -1,0 +1,212 @@
+"""The vision-language-action model: VLM backbone -> latent ``z'`` -> Stage 1 flow decoder -> action chunk.
+
+The VLM reads the camera frames, the instruction, an optional history token (``z_hist``, the Stage 1
+encoder's summary of the past state/action window, projected to the VLM width) and ``Q`` learned query
+tokens. An MLP maps the query tokens' final hidden states to ``z'``; the Stage 1 decoder (the action
+head) turns ``z'`` into an action chunk by flow matching. The Stage 1 encoder also provides the
+alignment target ``z = enc(ground-truth window)`` during the early, distillation part of training.
+
+Loss (paper): ``L = L_pred + lambda * (L_align + L_recon)`` with
+
+* ``L_pred``  = decoder flow-matching loss conditioned on ``z'``;
+* ``L_align`` = ``||z' - sg(z)||^2``, as a mean over latent dims (``z`` is layer-normalised, so this is
+  on the same scale for any ``latent_dim``) and over the batch;
+* ``L_recon`` = decoder flow-matching loss conditioned on ``z`` (keeps the encoder/decoder pair a prior).
+
+With history, the objective is ``(L(z_hist) + L(no history)) / 2``. ``history_mode="exact"`` runs both
+passes (one VLM forward over the batch stacked twice, then one flow loss per pass). ``L_recon`` does not
+depend on the pass, so it is computed once: the result equals the mean of the two full per-pass losses
+whenever both passes would use the same recon noise draw. ``history_mode="stochastic"`` is a cheaper
+approximation: one pass in which each sample's history token is dropped with probability 0.5 (the same
+objective in expectation, with more variance). "No history" means the history token is hidden from
+attention, which is equivalent to leaving it out of the sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actionprior.models.action_prior import ActionPrior
+from actionprior.models.vlm_backbone import VLMBackbone
+
+HistoryMode = Literal["exact", "stochastic"]
+HISTORY_MODES = ("exact", "stochastic")
+
+
+@dataclass
+class VLALoss:
+    """The loss and its terms; ``align``/``recon`` are None when the auxiliary branch was not computed."""
+
+    loss: Tensor
+    pred: Tensor
+    align: Tensor | None
+    recon: Tensor | None
+    z_pred: Tensor  # z' of the (first) pass, detached, for logging latent statistics
+    pred_no_history: Tensor | None = None  # L_pred of the no-history pass (exact history mode)
+
+
+class VLA(nn.Module):
+    def __init__(
+        self,
+        backbone: VLMBackbone,
+        prior: ActionPrior,
+        num_queries: int = 1,
+        use_history: bool = False,
+        head_hidden: int = 512,
+    ):
+        super().__init__()
+        if num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+        self.backbone = backbone
+        self.prior = prior
+        self.num_queries = num_queries
+        self.use_history = use_history
+        width, latent = backbone.hidden_size, prior.config.latent_dim
+        # Query tokens start at the scale of typical token embeddings so they do not dominate attention.
+        self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
+        self.latent_head = nn.Sequential(
+            nn.LayerNorm(num_queries * width),
+            nn.Linear(num_queries * width, head_hidden),
+            nn.GELU(),
+            nn.Linear(head_hidden, latent),
+        )
+        # z from the Stage 1 encoder is layer-normalised without affine; z' gets the same normalisation so
+        # the decoder is always conditioned on latents from the distribution it was trained on.
+        self.latent_norm = nn.LayerNorm(latent, elementwise_affine=False)
+        self.history_proj = (
+            nn.Sequential(nn.Linear(latent, width), nn.GELU(), nn.Linear(width, width))
+            if use_history
+            else None
+        )
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def latent_dim(self) -> int:
+        return self.prior.config.latent_dim
+
+    def history_latent(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """``z_hist [B, latent]`` from the history window and ``has_history [B]`` (any real past step)."""
+        for key in ("history_state", "history_action", "history_mask"):
+            if key not in batch:
+                raise KeyError(
+                    f"use_history is on but the batch has no '{key}' (set history_len > 0 in the data)"
+                )
+        mask = batch["history_mask"].bool()
+        z_hist = self.prior.encode(
+            batch["history_state"], batch["history_action"], mask, batch["embodiment_id"]
+        )
+        return z_hist, mask.any(dim=1)
+
+    def target_latent(self, batch: Mapping[str, Any]) -> Tensor:
+        """``z = enc(ground-truth window)``: the alignment target and the reconstruction condition."""
+        return self.prior.encode(
+            batch["state"], batch["action"], batch["step_mask"].bool(), batch["embodiment_id"]
+        )
+
+    def predict_latent(
+        self,
+        batch: Mapping[str, Any],
+        z_hist: Tensor | None = None,
+        history_on: Tensor | None = None,
+    ) -> Tensor:
+        """``z' [B, latent]``; ``history_on [B]`` bool says which samples see their history token."""
+        b = batch["images"].shape[0]
+        queries = self.queries.unsqueeze(0).expand(b, -1, -1)
+        extra_mask = None
+        if self.use_history:
+            if z_hist is None or history_on is None:
+                raise ValueError("use_history is on: predict_latent needs z_hist and history_on")
+            hist_tok = self.history_proj(z_hist).unsqueeze(1).to(queries.dtype)
+            extra = torch.cat([hist_tok, queries], dim=1)
+            ones = torch.ones(b, self.num_queries, dtype=torch.bool, device=queries.device)
+            extra_mask = torch.cat([history_on.bool().unsqueeze(1), ones], dim=1)
+        else:
+            extra = queries
+        hidden = self.backbone(batch["images"], batch["camera_mask"], batch["instruction"], extra, extra_mask)
+        hidden = hidden[:, -self.num_queries :].reshape(b, -1).float()
+        return self.latent_norm(self.latent_head(hidden))
+
+    def _stack(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch twice along dim 0: one VLM forward serves both history passes."""
+        out: dict[str, Any] = {}
+        for key in ("images", "camera_mask", "instruction"):
+            v = batch[key]
+            out[key] = list(v) + list(v) if isinstance(v, list | tuple) else torch.cat([v, v], dim=0)
+        return out
+
+    # ------------------------------------------------------------------ objective
+    def loss(
+        self,
+        batch: Mapping[str, Any],
+        aux_weight: float,
+        history_mode: HistoryMode = "exact",
+    ) -> VLALoss:
+        """``L_pred + aux_weight * (L_align + L_recon)``; the auxiliary branch runs only if aux_weight > 0."""
+        if history_mode not in HISTORY_MODES:
+            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got '{history_mode}'")
+        action, step_mask = batch["action"], batch["step_mask"].bool()
+        dim_mask, emb = batch["action_dim_mask"].bool(), batch["embodiment_id"]
+        aux = aux_weight > 0.0
+        # Auxiliary branch first, so the order of random draws is fixed: recon, then the pass(es).
+        z = recon = None
+        if aux:
+            z = self.target_latent(batch)
+            recon = self.prior.flow_loss(z, action, step_mask, dim_mask, emb)
+
+        def pass_terms(z_pred: Tensor) -> tuple[Tensor, Tensor | None]:
+            pred = self.prior.flow_loss(z_pred, action, step_mask, dim_mask, emb)
+            align = F.mse_loss(z_pred, z.detach()) if z is not None else None
+            return pred, align
+
+        pred_none = None
+        if not self.use_history:
+            z_pred = self.predict_latent(batch)
+            pred, align = pass_terms(z_pred)
+        else:
+            z_hist, has_hist = self.history_latent(batch)
+            b = has_hist.shape[0]
+            if history_mode == "stochastic":
+                keep = torch.rand(b, device=has_hist.device) >= 0.5
+                z_pred = self.predict_latent(batch, z_hist, has_hist & keep)
+                pred, align = pass_terms(z_pred)
+            else:
+                both = self.predict_latent(
+                    self._stack(batch),
+                    torch.cat([z_hist, z_hist], dim=0),
+                    torch.cat([has_hist, torch.zeros_like(has_hist)], dim=0),
+                )
+                z_pred, z_none = both[:b], both[b:]
+                pred_hist, align_hist = pass_terms(z_pred)
+                pred_none, align_none = pass_terms(z_none)
+                pred = (pred_hist + pred_none) / 2
+                align = (align_hist + align_none) / 2 if align_hist is not None else None
+                if pred_none is not None:
+                    pred_none = pred_none.detach()
+        total = pred
+        if aux:
+            total = total + aux_weight * (align + recon)
+        return VLALoss(total, pred, align, recon, z_pred.detach(), pred_none)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        batch: Mapping[str, Any],
+        steps: int | None = None,
+        use_history: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """An action chunk ``[B, chunk_len, max_action_dim]`` in normalised units (VLM once, decoder ``steps``x)."""
+        z_hist = history_on = None
+        if self.use_history:
+            z_hist, history_on = self.history_latent(batch)
+            if not use_history:
+                history_on = torch.zeros_like(history_on)
+        z_pred = self.predict_latent(batch, z_hist, history_on)
+        return self.prior.sample(z_pred, batch["embodiment_id"], steps=steps, generator=generator)

@@ -1,0 +1,336 @@
+"""Stage 2 training: the VLA (VLM backbone -> z' -> Stage 1 decoder) as a LightningModule.
+
+Orchestration only; the model and its loss live in :mod:`actionprior.models.vla`. The module builds the
+VLA from its init args, computes ``L = L_pred + lambda * (L_align + L_recon)`` with ``lambda`` set by the
+:class:`~actionprior.training.transfer.ActionPriorTransfer` callback (0 without it: no auxiliary branch),
+logs every term, lambda, the gradient norm, latent statistics and per-embodiment action error, and
+configures AdamW with separate learning rates for the backbone and the action module.
+
+Checkpoints are self-contained for inference: ``checkpoint["actionprior"]`` holds the Stage 1 payload
+(prior config, embodiments, normalisation + fingerprints) plus a ``vla`` entry with the VLA's settings,
+the camera order and the backbone *spec* -- the text of the config, tokenizer and image-processor files
+that ``save_pretrained`` writes (a few MB for a Qwen tokenizer). The backbone weights are in the state
+dict, so :func:`build_vla_from_checkpoint` rebuilds the VLA with no data, no hub and no local model
+directory. The spec is also written into the hyperparameters, so ``VLAModule.load_from_checkpoint``
+rebuilds the backbone from it instead of downloading.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from actionprior.data.normalization import Normalizer
+from actionprior.embodiments import EmbodimentRegistry
+from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.action_scaling import ActionScaler
+from actionprior.models.vla import HISTORY_MODES, VLA
+from actionprior.models.vlm_backbone import VLMBackbone
+from actionprior.training.checkpointing import (
+    ARCHITECTURE_KEYS,
+    CHECKPOINT_KEY,
+    check_compatible,
+    checkpoint_payload,
+    read_payload,
+)
+from actionprior.training.metrics import EmbodimentActionError
+from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = (
+    "embodiment_id",
+    "state",
+    "action",
+    "step_mask",
+    "action_dim_mask",
+    "images",
+    "camera_mask",
+    "instruction",
+)
+HISTORY_KEYS = ("history_state", "history_action", "history_mask")
+
+
+class VLAModule(L.LightningModule):
+    """Stage 2. ``embodiments``/``normalization`` are linked from the DataModule by the CLI.
+
+    Args:
+        backbone: hub id, local directory or ``tiny:<family>`` (qwen3_vl, qwen2_5_vl, smolvlm).
+        attn_implementation: ``auto`` = flash_attention_2 on CUDA when installed, else ``sdpa``.
+        gradient_checkpointing: recompute the backbone's activations in backward (memory for compute).
+        backbone_dtype: e.g. ``bfloat16`` to load a large backbone in half precision (None = as stored).
+        num_queries: Q learned query tokens appended after image, instruction (and history) tokens.
+        head_hidden: hidden width of the MLP from the query hidden states to ``z'``.
+        use_history: feed ``z_hist`` (encoder on the history window) as one token.
+        history_mode: ``exact`` = the paper's ``(L(z_hist) + L(none)) / 2`` with both passes;
+            ``stochastic`` = one pass, history token dropped per sample with p = 0.5 (cheaper, noisier).
+        width, depth, heads, latent_dim, chunk_len, io_mode, use_state, flow_alpha, flow_beta,
+            sample_steps, dropout: the action prior (must match the Stage 1 checkpoint's architecture).
+        lr: learning rate of the action module (prior, queries, heads); lr_backbone: of the backbone.
+        weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup + cosine (see training/optim.py).
+        freeze_backbone, freeze_encoder, freeze_decoder: exclude a component from training.
+        train_error_every_n_steps: how often to sample chunks on a training batch for the per-embodiment
+            action error (0 = never; validation always reports it).
+        val_seed: seeds validation noise so validation numbers are comparable between runs.
+        camera_names: the camera order of ``images`` (stored for inference).
+        embodiments: ``EmbodimentRegistry.to_dicts()``; normalization: ``Normalizer.to_dict()``.
+        backbone_spec: internal -- filled from a checkpoint to rebuild the backbone offline.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tiny:qwen3_vl",
+        attn_implementation: str = "auto",
+        gradient_checkpointing: bool = False,
+        backbone_dtype: str | None = None,
+        num_queries: int = 1,
+        head_hidden: int = 512,
+        use_history: bool = False,
+        history_mode: Literal["exact", "stochastic"] = "exact",
+        width: int = 128,
+        depth: int = 3,
+        heads: int = 4,
+        latent_dim: int = 64,
+        chunk_len: int = 16,
+        io_mode: Literal["projection", "padded"] = "projection",
+        use_state: bool = True,
+        flow_alpha: float = 1.5,
+        flow_beta: float = 1.0,
+        sample_steps: int = 10,
+        dropout: float = 0.0,
+        lr: float = 3e-4,
+        lr_backbone: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 200,
+        min_lr_ratio: float = 0.1,
+        freeze_backbone: bool = False,
+        freeze_encoder: bool = False,
+        freeze_decoder: bool = False,
+        train_error_every_n_steps: int = 50,
+        val_seed: int = 0,
+        camera_names: list[str] | None = None,
+        embodiments: list[dict] | None = None,
+        normalization: dict | None = None,
+        backbone_spec: dict | None = None,
+    ):
+        super().__init__()
+        if embodiments is None or normalization is None:
+            raise ValueError(
+                "VLAModule needs `embodiments` and `normalization` (the CLI links them from the DataModule; "
+                "in Python pass registry.to_dicts() and normalizer.to_dict())"
+            )
+        if history_mode not in HISTORY_MODES:
+            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got '{history_mode}'")
+        self.save_hyperparameters(ignore=["backbone_spec"])
+        self.registry = EmbodimentRegistry.from_dicts(embodiments)
+        self.normalizer = Normalizer.from_dict(normalization, self.registry)
+        self.prior_config = ActionPriorConfig(
+            width=width,
+            depth=depth,
+            heads=heads,
+            latent_dim=latent_dim,
+            chunk_len=chunk_len,
+            max_state_dim=self.registry.max_state_dim,
+            max_action_dim=self.registry.max_action_dim,
+            state_dims=self.registry.state_dims,
+            action_dims=self.registry.action_dims,
+            io_mode=io_mode,
+            use_state=use_state,
+            flow_alpha=flow_alpha,
+            flow_beta=flow_beta,
+            sample_steps=sample_steps,
+            dropout=dropout,
+        )
+        if (
+            backbone_spec is not None
+        ):  # rebuilding from a checkpoint: no hub, weights come from the state dict
+            vlm = VLMBackbone.from_spec(backbone_spec, attn_implementation, gradient_checkpointing)
+        else:
+            vlm = VLMBackbone.from_pretrained(
+                backbone, attn_implementation, gradient_checkpointing, torch_dtype=backbone_dtype
+            )
+        self.model = VLA(vlm, ActionPrior(self.prior_config), num_queries, use_history, head_hidden)
+        for flag, part in (
+            (freeze_backbone, self.model.backbone),
+            (freeze_encoder, self.model.prior.encoder),
+            (freeze_decoder, self.model.prior.decoder),
+        ):
+            if flag:
+                part.requires_grad_(False)
+        self.camera_names = list(camera_names) if camera_names is not None else None
+        self.scaler = ActionScaler(self.normalizer, self.registry.max_action_dim)
+        self.val_error = EmbodimentActionError(self.registry.names)
+        self.train_error = EmbodimentActionError(self.registry.names)
+        # lambda(k); the ActionPriorTransfer callback sets it before every batch. 0 = no auxiliary branch.
+        self.aux_weight: float = 0.0
+
+    # ------------------------------------------------------------------ steps
+    def _check_batch(self, batch: Mapping[str, Any]) -> None:
+        needed = BATCH_KEYS + (HISTORY_KEYS if self.hparams.use_history else ())
+        missing = [k for k in needed if k not in batch]
+        if missing:
+            raise KeyError(
+                f"Stage 2 batch lacks keys {missing}; it has {sorted(batch)} "
+                "(use the DataModule's observation view; see docs/contracts.md)"
+            )
+        if batch["action"].shape[1] != self.prior_config.chunk_len:
+            raise ValueError(
+                f"batch chunks have {batch['action'].shape[1]} steps but the decoder predicts "
+                f"chunk_len={self.prior_config.chunk_len}; set data.chunk_len and model chunk_len alike"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        self._check_batch(batch)
+        lam = float(self.aux_weight)
+        out = self.model.loss(batch, lam, self.hparams.history_mode)
+        b = batch["action"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=b)
+        self.log("train/pred_loss", out.pred, prog_bar=True, batch_size=b)
+        self.log("train/lambda", lam, batch_size=b)
+        if out.align is not None:
+            self.log("train/align_loss", out.align, batch_size=b)
+            self.log("train/recon_loss", out.recon, batch_size=b)
+        if out.pred_no_history is not None:
+            self.log("train/pred_loss_no_history", out.pred_no_history, batch_size=b)
+        z = out.z_pred
+        self.log("train/zpred_std", z.std(0).mean() if b > 1 else z.new_zeros(()), batch_size=b)
+        self.log("train/zpred_norm", z.norm(dim=-1).mean(), batch_size=b)
+        every = self.hparams.train_error_every_n_steps
+        if every and self.global_step % every == 0:
+            self._log_action_error(batch, z, self.train_error, "train")
+        return out.loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # After backward, before clipping: the raw norm, overall and per component.
+        for name, module in (
+            ("", self.model),
+            ("_backbone", self.model.backbone),
+            ("_prior", self.model.prior),
+        ):
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            if grads:
+                self.log(f"train/grad_norm{name}", torch.nn.utils.get_total_norm(grads))
+
+    @torch.no_grad()
+    def _log_action_error(
+        self, batch: Mapping[str, Any], z_pred: Tensor, metric: EmbodimentActionError, stage: str
+    ):
+        eid, action, step_mask = batch["embodiment_id"], batch["action"], batch["step_mask"]
+        pred = self.model.prior.sample(z_pred, eid, step_mask=step_mask)
+        metric.update(
+            self.scaler.unnormalize(pred, eid),
+            self.scaler.unnormalize(action, eid),
+            self.scaler.mean_chunk(eid, action.shape[1]),
+            eid,
+            step_mask,
+            batch["action_dim_mask"],
+        )
+        if stage == "train":
+            for key, value in metric.compute().items():
+                self.log(f"train/{key}", value)
+            metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._check_batch(batch)
+        # Seeded so that flow noise, flow times and sampling noise are the same in every validation run.
+        with torch.random.fork_rng(devices=[batch["action"].device] if batch["action"].is_cuda else []):
+            torch.manual_seed(self.hparams.val_seed + batch_idx)
+            out = self.model.loss(batch, 0.0, "exact")
+            self._log_action_error(batch, out.z_pred, self.val_error, "val")
+        self.log(
+            "val/pred_loss", out.pred, prog_bar=True, batch_size=batch["action"].shape[0], sync_dist=True
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        for key, value in self.val_error.compute().items():
+            self.log(f"val/{key}", value, prog_bar=key == "mae_ratio")
+        self.val_error.reset()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        vla = self.model
+        heads = nn.ModuleDict({"latent_head": vla.latent_head})
+        if vla.history_proj is not None:
+            heads["history_proj"] = vla.history_proj
+        groups = (
+            param_groups(vla.backbone, h.weight_decay, lr=h.lr_backbone, name="backbone")
+            + param_groups(vla.prior, h.weight_decay, lr=h.lr, name="action_prior")
+            + param_groups(heads, h.weight_decay, lr=h.lr, name="heads")
+        )
+        # Learned tokens are not weight-decayed (decay would only pull them towards zero).
+        groups.append({"params": [vla.queries], "weight_decay": 0.0, "lr": h.lr, "name": "queries/no_decay"})
+        grouped = {id(p) for g in groups for p in g["params"]}
+        stray = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in grouped]
+        if stray:  # a new trainable parameter must be given a learning rate on purpose
+            raise RuntimeError(f"trainable parameters missing from the optimiser groups: {stray[:5]}")
+        return adamw_warmup_cosine(
+            groups,
+            lr=h.lr,
+            total_steps=total_training_steps(self.trainer),
+            warmup_steps=h.warmup_steps,
+            min_lr_ratio=h.min_lr_ratio,
+            betas=tuple(h.betas),
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def vla_settings(self) -> dict[str, Any]:
+        h = self.hparams
+        return {
+            "stage": 2,
+            "num_queries": h.num_queries,
+            "head_hidden": h.head_hidden,
+            "use_history": h.use_history,
+            "camera_names": self.camera_names,
+            "backbone_source": h.backbone,
+            "backbone_spec": self.model.backbone.export_spec(),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        payload = checkpoint_payload(self.prior_config, self.registry, self.normalizer)
+        payload["vla"] = self.vla_settings()
+        checkpoint[CHECKPOINT_KEY] = payload
+        # So that load_from_checkpoint rebuilds the backbone from the stored spec, not from the hub.
+        checkpoint.setdefault("hyper_parameters", {})["backbone_spec"] = payload["vla"]["backbone_spec"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = "the Stage 2 checkpoint being loaded"
+        payload = read_payload(checkpoint, source)
+        if "vla" not in payload:
+            raise ValueError(f"{source} is a Stage 1 checkpoint; pass it as --stage1_ckpt, not --ckpt_path")
+        check_compatible(
+            payload,
+            source,
+            registry=self.registry,
+            normalizer=self.normalizer,
+            config=self.prior_config,
+            config_keys=ARCHITECTURE_KEYS,
+        )
+
+
+def build_vla_from_checkpoint(
+    checkpoint: Mapping[str, Any], attn_implementation: str = "auto"
+) -> tuple[VLA, EmbodimentRegistry, Normalizer, dict[str, Any]]:
+    """``(VLA in eval mode, registry, normaliser, vla settings)`` from a loaded Stage 2 checkpoint dict.
+
+    Needs no data and no network: the backbone is rebuilt from the stored spec, then all weights load.
+    """
+    source = "Stage 2 checkpoint"
+    payload = read_payload(checkpoint, source)
+    settings = payload.get("vla")
+    if settings is None:
+        raise ValueError(f"{source}: no 'vla' entry; this is a Stage 1 checkpoint")
+    registry = EmbodimentRegistry.from_dicts(payload["embodiments"])
+    normalizer = Normalizer.from_dict(payload["normalization"], registry)
+    backbone = VLMBackbone.from_spec(settings["backbone_spec"], attn_implementation)
+    prior = ActionPrior(ActionPriorConfig.from_dict(payload["model_config"]))
+    vla = VLA(backbone, prior, settings["num_queries"], settings["use_history"], settings["head_hidden"])
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    vla.load_state_dict(state)
+    return vla.eval(), registry, normalizer, settings
