@@ -1,0 +1,133 @@
+"""ActionPriorTransfer: lambda schedule, Stage 1 loading, refusal of mismatches, resume without reload."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from test_vla_fixtures import CHUNK, loader, module_kwargs, normalization, registry
+
+from actionprior.data.synthetic import synthetic_registry
+from actionprior.embodiments import EmbodimentRegistry
+from actionprior.training import ActionPriorModule
+from actionprior.training.checkpointing import CheckpointMismatchError
+from actionprior.training.transfer import ActionPriorTransfer, lambda_schedule
+from actionprior.training.vla_module import VLAModule
+
+
+def _trainer(max_steps: int, callbacks=(), **kw) -> L.Trainer:
+    return L.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **kw,
+    )
+
+
+def _stage1(path, reg=None, norm=None, latent_dim: int = 16, seed: int = 1) -> ActionPriorModule:
+    reg = reg or registry()
+    torch.manual_seed(seed)
+    module = ActionPriorModule(
+        width=32,
+        depth=1,
+        heads=2,
+        latent_dim=latent_dim,
+        chunk_len=CHUNK,
+        sample_steps=3,
+        warmup_steps=0,
+        embodiments=reg.to_dicts(),
+        normalization=norm or normalization(reg),
+    )
+    # What Lightning writes for a Stage 1 run, minus the optimiser state the transfer never reads.
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return module
+
+
+def _prior_tensors(vla_module: VLAModule) -> dict[str, torch.Tensor]:
+    prior = vla_module.model.prior
+    return {f"encoder.{k}": v.clone() for k, v in prior.encoder.state_dict().items()} | {
+        f"decoder.{k}": v.clone() for k, v in prior.decoder.state_dict().items()
+    }
+
+
+def _assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_lambda_schedule_values():
+    n = 5000
+    assert lambda_schedule(0, n) == 1.0
+    assert lambda_schedule(n // 2, n) == pytest.approx(0.5)
+    assert lambda_schedule(n, n) == 0.0
+    assert lambda_schedule(2 * n, n) == 0.0
+    assert lambda_schedule(1, 4) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="decay_steps"):
+        lambda_schedule(0, 0)
+
+
+def test_no_checkpoint_is_the_no_prior_baseline():
+    callback = ActionPriorTransfer(stage1_ckpt=None, decay_steps=10)
+    assert callback.aux_weight(0) == 0.0
+
+
+def test_load_anneal_and_resume_without_reload(tmp_path):
+    stage1 = _stage1(tmp_path / "s1.ckpt")
+    s1 = {f"{k}": v for k, v in stage1.model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+
+    module = VLAModule(**module_kwargs())
+    before = _prior_tensors(module)
+    callback = ActionPriorTransfer(str(tmp_path / "s1.ckpt"), decay_steps=2)
+    seen: list[float] = []
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+
+    class Spy(L.Callback):  # runs after ActionPriorTransfer (callback order)
+        def on_train_start(self, trainer, pl_module):
+            captured["at_start"] = _prior_tensors(pl_module)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.aux_weight)
+
+    # 3 optimizer steps: lambda 1, 0.5, 0 (decay_steps = 2), then a Stage 2 checkpoint.
+    trainer = _trainer(3, [callback, Spy()])
+    trainer.fit(module, loader(size=12))
+    _assert_equal(captured["at_start"], s1)  # after the callback the encoder/decoder are exactly Stage 1's
+    assert any(not torch.equal(before[k], s1[k]) for k in s1)
+    assert seen == [1.0, 0.5, 0.0]
+    trainer.save_checkpoint(tmp_path / "s2.ckpt")
+    stage2 = _prior_tensors(module)
+    assert any(not torch.equal(stage2[k], s1[k]) for k in stage2)  # fine-tuned away from Stage 1
+
+    # Resume from the Stage 2 checkpoint with --stage1_ckpt still given: Stage 1 must not be reloaded.
+    resumed = VLAModule(**module_kwargs())
+    callback2 = ActionPriorTransfer(str(tmp_path / "s1.ckpt"), decay_steps=2)
+    captured.clear()
+    trainer = _trainer(4, [callback2, Spy()])
+    trainer.fit(resumed, loader(size=12), ckpt_path=tmp_path / "s2.ckpt")
+    _assert_equal(captured["at_start"], stage2)
+    assert callback2.loaded_from == str(tmp_path / "s1.ckpt")  # restored from the checkpoint's state
+    assert seen[-1] == 0.0  # the schedule continues from the resumed step (3 >= decay_steps)
+
+
+def test_refuses_stage1_with_other_embodiments(tmp_path):
+    two = EmbodimentRegistry(list(synthetic_registry())[:2])  # a Stage 1 trained on two of the three robots
+    _stage1(tmp_path / "s1.ckpt", reg=two, norm=normalization(two))
+    module = VLAModule(**module_kwargs())
+    with pytest.raises(CheckpointMismatchError, match=r"embodiments only in the second: \['synth_arm8'\]"):
+        ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
+
+
+def test_refuses_stage1_with_other_dims_or_stats(tmp_path):
+    _stage1(tmp_path / "s1.ckpt", latent_dim=8)
+    module = VLAModule(**module_kwargs())
+    with pytest.raises(CheckpointMismatchError, match="latent_dim is 8 in the checkpoint but 16 here"):
+        ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
+    module = VLAModule(**module_kwargs(normalization=normalization(seed=1)))
+    with pytest.raises(CheckpointMismatchError, match="normalisation fingerprint"):
+        ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
