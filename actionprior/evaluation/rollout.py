@@ -14,11 +14,14 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from actionprior.evaluation.base import PolicyLike
+
+if TYPE_CHECKING:
+    from actionprior.evaluation.policy import Policy
 
 
 class SimEnv(Protocol):
@@ -75,11 +78,14 @@ class SimEnvFactory:
 
     image_size: int
     cameras: dict[str, tuple[str, ...]]  # embodiment -> cameras to render
+    suite: str = "sim-default"
 
     def __call__(self, embodiment: str, task: str, seed: int) -> SimEnv:
         from actionprior.sim import make_env
 
-        return make_env(embodiment, task, seed, self.image_size, self.cameras.get(embodiment, ()))
+        return make_env(
+            embodiment, task, seed, self.image_size, self.cameras.get(embodiment, ()), suite=self.suite
+        )
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,10 @@ class CheckpointPolicyFactory:
     replan_every: int | None = None
     sampling_steps: int | None = None
     expected_stats: str | None = None
+    image_size: int | None = None
+    history_len: int | None = None
 
-    def __call__(self) -> PolicyLike:
+    def __call__(self) -> Policy:
         from actionprior.evaluation.policy import Policy
 
         return Policy.from_checkpoint(
@@ -99,6 +107,8 @@ class CheckpointPolicyFactory:
             replan_every=self.replan_every,
             sampling_steps=self.sampling_steps,
             expected_stats=self.expected_stats,
+            image_size=self.image_size,
+            history_len=self.history_len,
         )
 
 

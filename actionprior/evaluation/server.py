@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps of the flow decoder")
     p.add_argument("--stats", default=None, help="stats.json whose fingerprint the checkpoint must match")
+    p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
+    p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads; 1 is fastest for tiny models on a loaded machine (default: torch's choice)",
+    )
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     return p
 
@@ -170,12 +178,18 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             f"[yellow]warning:[/] binding to {args.host}: the policy server has no authentication; "
             "anyone who can reach this port can command the robot"
         )
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     policy = Policy.from_checkpoint(
         args.ckpt,
         device=args.device,
         replan_every=args.replan_every,
         sampling_steps=args.sampling_steps,
         expected_stats=args.stats,
+        image_size=args.image_size,
+        history_len=args.history_len,
     )
     server = PolicyServer(policy, args.host, args.port, args.max_message_bytes)
     console.print(f"serving [bold]{args.ckpt}[/] on [bold]{server.url}[/] (Ctrl-C to stop)")
