@@ -1,0 +1,66 @@
+"""The policy server with a real checkpoint Policy, driven by the real client over loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_policy_fixtures import HISTORY, IMAGE, raw_observation, write_tiny_checkpoint
+
+from actionprior.evaluation.client import PolicyClient, PolicyServerError
+from actionprior.evaluation.policy import Policy
+from actionprior.evaluation.protocol import encode
+from actionprior.evaluation.server import PolicyServer, build_parser
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+def test_served_actions_equal_in_process_policy_and_errors_are_clean(ckpt) -> None:
+    served = Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, replan_every=2)
+    local = Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, replan_every=2)
+    with (
+        PolicyServer(served, port=0, max_message_bytes=256 * 1024) as server,
+        PolicyClient(server.url) as client,
+    ):
+        assert client.info()["normalization_fingerprint"] == local.normalizer.fingerprint
+        for emb in ("synth_arm4", "synth_arm8"):
+            client.reset()
+            local.reset()
+            for t in range(4):
+                obs = raw_observation(emb, seed=t)
+                np.testing.assert_array_equal(client.act(obs), local.act(obs))
+                assert client.last_replanned == (t % 2 == 0)
+                assert client.last_inference_ms >= client.last_model_ms > 0 or not client.last_replanned
+        # malformed: wrong state shape, wrong image dtype, missing key, oversized payload
+        bad = raw_observation("synth_arm4")
+        bad["state"] = bad["state"][:-1]
+        with pytest.raises(
+            PolicyServerError, match=r"'state' for embodiment 'synth_arm4' must have shape \(6,\)"
+        ):
+            client.act(bad)
+        bad = raw_observation("synth_arm4")
+        bad["images"]["scene"] = bad["images"]["scene"].astype(np.int16)
+        with pytest.raises(PolicyServerError, match="image 'scene' must have dtype uint8, got int16"):
+            client.act(bad)
+        bad = raw_observation("synth_arm4")
+        del bad["embodiment"]
+        with pytest.raises(PolicyServerError, match=r"missing keys \['embodiment'\]"):
+            client.act(bad)
+        huge = raw_observation("synth_arm4")
+        huge["images"]["scene"] = np.zeros((300, 300, 3), np.uint8)
+        with pytest.raises(PolicyServerError, match="exceeds the limit of 262144 bytes"):
+            client.act(huge)
+        reply = client.send_raw(encode({"type": "act", "observation": "not a mapping"}))
+        assert reply == {"ok": False, "error": reply["error"]} and "must be a mapping" in reply["error"]
+        # still serving, and the episode state survived the rejected requests
+        client.reset()
+        local.reset()
+        obs = raw_observation("synth_arm7", seed=9)
+        np.testing.assert_array_equal(client.act(obs), local.act(obs))
+
+
+def test_serve_cli_defaults_to_loopback() -> None:
+    args = build_parser().parse_args(["--ckpt", "x.ckpt"])
+    assert args.host == "127.0.0.1" and args.port == 8765
