@@ -1,0 +1,89 @@
+"""The flow-matching decoder: predicts the velocity of a noisy action chunk given flow time and ``z``.
+
+Conditioning enters twice: a vector ``c = time_mlp(t) + z_proj(z) + embodiment_embedding`` modulates every
+block through adaLN, and ``z`` (plus the embodiment embedding) is also a prefix token that the chunk tokens
+attend to. Padded chunk steps are removed from attention as keys, so their (noise) values cannot change
+the prediction at real steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from actionprior.models.embodiment_io import EmbodimentIO, IOMode
+from actionprior.models.transformer import AdaLNFinal, TransformerBlock, sinusoidal_embedding
+
+
+class FlowDecoder(nn.Module):
+    def __init__(
+        self,
+        state_dims: Sequence[int],
+        action_dims: Sequence[int],
+        max_state_dim: int,
+        max_action_dim: int,
+        width: int,
+        depth: int,
+        heads: int,
+        latent_dim: int,
+        io_mode: IOMode = "projection",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.width, self.latent_dim, self.max_action_dim = width, latent_dim, max_action_dim
+        self.io = EmbodimentIO(
+            state_dims,
+            action_dims,
+            max_state_dim,
+            max_action_dim,
+            width,
+            io_mode,
+            state_in=False,
+            action_in=True,
+            action_out=True,
+        )
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.z_cond = nn.Linear(latent_dim, width)
+        self.z_token = nn.Linear(latent_dim, width)
+        self.step_proj = nn.Linear(width, width)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(width, heads, dropout=dropout, cond_dim=width) for _ in range(depth)
+        )
+        self.final = AdaLNFinal(width, cond_dim=width)
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        z: Tensor,
+        embodiment_id: Tensor,
+        step_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Velocity ``[B, H, A]`` (zero on the embodiment's padded action dims) at noisy chunk ``x_t``."""
+        b, h, a = x_t.shape
+        if a != self.max_action_dim:
+            raise ValueError(f"decoder: x_t must be [B, H, {self.max_action_dim}], got {tuple(x_t.shape)}")
+        if tuple(z.shape) != (b, self.latent_dim):
+            raise ValueError(f"decoder: z must be [{b}, {self.latent_dim}], got {tuple(z.shape)}")
+        if tuple(t.shape) != (b,):
+            raise ValueError(f"decoder: flow time t must be [{b}], got {tuple(t.shape)}")
+        self.io.check_ids(embodiment_id)
+        emb = self.io.embodiment_embedding(embodiment_id)
+        # Flow time in [0, 1] is scaled so that the sinusoid frequencies resolve it (as diffusion steps do).
+        cond = self.time_mlp(sinusoidal_embedding(t * 1000.0, self.width)) + self.z_cond(z) + emb
+        steps = self.step_proj(sinusoidal_embedding(torch.arange(h, device=x_t.device), self.width))
+        tokens = self.io.embed_action(x_t, embodiment_id) + steps
+        prefix = (self.z_token(z) + emb)[:, None, :]
+        x = torch.cat([prefix, tokens], dim=1)
+        key_mask = None
+        if step_mask is not None:
+            if tuple(step_mask.shape) != (b, h):
+                raise ValueError(f"decoder: step_mask must be [{b}, {h}], got {tuple(step_mask.shape)}")
+            key_mask = torch.cat(
+                [torch.ones(b, 1, dtype=torch.bool, device=x.device), step_mask.bool()], dim=1
+            )
+        for block in self.blocks:
+            x = block(x, key_mask, cond)
+        return self.io.project_action(self.final(x[:, 1:], cond), embodiment_id)

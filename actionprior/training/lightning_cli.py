@@ -1,0 +1,87 @@
+"""The LightningCLI behind ``actionprior fit|validate|test|predict``.
+
+* The model is chosen by ``model.class_path`` (Stage 1 ``actionprior.training.ActionPriorModule`` or the
+  Stage 2 VLA module); the DataModule is always :class:`~actionprior.data.datamodule.ActionPriorDataModule`.
+* The DataModule's embodiment specs and normalisation statistics are linked into the model's
+  ``embodiments``/``normalization`` init args when the classes are instantiated, and ``data.chunk_len`` into
+  ``model.init_args.chunk_len`` at parse time, so each lives in exactly one place in the YAML.
+* Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` with ``save_last=True``: a fixed directory is
+  what lets ``--ckpt_path last`` find the run to resume (a logger-versioned directory changes every run).
+* ``--stage1_ckpt PATH`` hands a Stage 1 checkpoint to every trainer callback with a ``stage1_ckpt``
+  attribute (Stage 2's ActionPriorTransfer) and fails if there is none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    return str(Path(default_root_dir or ".") / "checkpoints")
+
+
+class ActionPriorCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--stage1_ckpt",
+            type=str | None,
+            default=None,
+            help="Stage 1 checkpoint for the trainer callbacks that accept one (Stage 2's ActionPriorTransfer)",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}"})
+        parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.link_arguments("data.chunk_len", "model.init_args.chunk_len")
+        parser.link_arguments("data.embodiments", "model.init_args.embodiments", apply_on="instantiate")
+        parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        path = config.get("stage1_ckpt")
+        if path:
+            self._hand_over_stage1_checkpoint(path)
+
+    def _hand_over_stage1_checkpoint(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--stage1_ckpt: no checkpoint file at '{path}'")
+        takers = [cb for cb in self.trainer.callbacks if hasattr(cb, "stage1_ckpt")]
+        if not takers:
+            names = [type(cb).__name__ for cb in self.trainer.callbacks]
+            raise ValueError(
+                f"--stage1_ckpt was given but no trainer callback takes it (callbacks: {names}); add the "
+                "Stage 2 transfer callback to trainer.callbacks in the config"
+            )
+        for callback in takers:
+            callback.stage1_ckpt = path
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Run a LightningCLI subcommand, e.g. ``run(["fit", "-c", "configs/stage1.yaml"])``."""
+    # Imported here so that `actionprior --help` and the tool subcommands stay fast.
+    from actionprior.data.datamodule import ActionPriorDataModule
+
+    trainer_defaults: dict[str, Any] = {
+        "callbacks": [RichProgressBar()],
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs", "name": "tensorboard"},
+        },
+    }
+    ActionPriorCLI(
+        model_class=LightningModule,
+        subclass_mode_model=True,
+        datamodule_class=ActionPriorDataModule,
+        trainer_defaults=trainer_defaults,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=argv,
+    )
