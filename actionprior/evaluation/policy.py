@@ -132,9 +132,7 @@ class Policy(BasePolicy):
         camera_mask = torch.zeros(1, len(cams), dtype=torch.bool)
         for i, cam in enumerate(cams):
             if cam in observation["images"]:
-                images[0, i] = torch.from_numpy(np.ascontiguousarray(observation["images"][cam])).permute(
-                    2, 0, 1
-                )
+                images[0, i] = torch.from_numpy(np.array(observation["images"][cam])).permute(2, 0, 1)
                 camera_mask[0, i] = True
         hs, ha, hm = history.arrays(spec.state_dim, spec.action_dim)
         history_state = np.zeros((1, self.history_len, s_max), np.float32)
