@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,6 +89,8 @@ class MetaWorldPolicyExpert(Expert):
         if not hasattr(policies, name):
             raise SimError(f"metaworld ships no scripted policy '{name}' for env '{env_name}'")
         self._policy: Any = getattr(policies, name)()
+        # Some shipped policies use gains > 1 on purpose; the env clips, and so do we: the warning is noise.
+        warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 
     def reset(self, env: SimEnv) -> None:
         pass
