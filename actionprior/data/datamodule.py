@@ -1,0 +1,226 @@
+"""The LightningDataModule: one or more datasets, a view, windows, normalisation and fixed-length epochs.
+
+Everything the models need at construction (embodiment specs, normalisation statistics, camera names) is
+computed in ``__init__`` from the manifests and ``stats.json`` files only, so LightningCLI can link
+``data.embodiments`` -> ``model.embodiments`` and ``data.normalization`` -> ``model.normalization``
+without reading a shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+
+from actionprior.data.normalization import Normalizer
+from actionprior.data.schema import DataError, Episode
+from actionprior.data.stats import merge_stats
+from actionprior.data.streaming import (
+    ShardSource,
+    StreamLoader,
+    View,
+    WindowStream,
+    default_camera_names,
+    iter_episodes,
+    shard_source,
+)
+from actionprior.data.writer import load_manifest, load_stats
+from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
+
+
+@dataclass
+class DatasetSource:
+    """A dataset directory and its mixture weight (relative sampling probability of its windows)."""
+
+    path: str
+    weight: float = 1.0
+
+
+def registry_from_manifests(manifests: Mapping[str, Mapping[str, Any]]) -> EmbodimentRegistry:
+    """One registry from the union of several manifests; the same name must mean the same robot."""
+    specs: dict[str, tuple[EmbodimentSpec, str]] = {}
+    for path, manifest in manifests.items():
+        for name, data in manifest.get("embodiments", {}).items():
+            spec = EmbodimentSpec.from_dict(data, source=f"{path}/manifest.json")
+            if name in specs and specs[name][0].io_signature() != spec.io_signature():
+                other_spec, other_path = specs[name]
+                diffs = [k for k, v in spec.io_signature().items() if other_spec.io_signature()[k] != v]
+                raise EmbodimentError(
+                    f"embodiment '{name}' is defined differently in {other_path} and {path} "
+                    f"(fields {diffs} differ); rename one of them or re-collect with one spec"
+                )
+            specs.setdefault(name, (spec, path))
+    if not specs:
+        raise DataError(f"no embodiments in the manifests of {list(manifests)}")
+    return EmbodimentRegistry(spec for spec, _ in specs.values())
+
+
+class ActionPriorDataModule(L.LightningDataModule):
+    """Streams windows (trajectory view) or windows plus frames and text (observation view).
+
+    Args:
+        datasets: dataset directories with mixture weights.
+        view: ``trajectory`` (Stage 1, never reads pixels) or ``observation`` (Stage 2).
+        chunk_len: ``H``, steps in the predicted chunk / encoded window.
+        history_len: ``K``, past steps in the history window.
+        batch_size: windows per batch (per rank).
+        num_workers: DataLoader worker processes per rank.
+        batches_per_epoch: training batches per epoch per rank (fixed so DDP ranks stay in step).
+        val_batches: validation batches per validation run per rank.
+        val_fraction: fraction of episodes (by a stable hash of their key) held out for validation.
+        normalization: ``quantile`` (1st..99th percentile to [-1, 1]) or ``meanstd``.
+        windows_per_episode: windows drawn per decoded episode on average (throughput vs. correlation).
+        shuffle_buffer: decoded episodes held per dataset per worker; windows are drawn from random ones.
+            In the observation view each holds its encoded frames (about 1 MB per 150-step, 2x64x64 episode).
+        cache_mb: per-worker cache of decoded trajectory shards (trajectory view), so resampled shards are
+            not parsed again; 0 disables it.
+        seed: base seed; streams are seeded by (seed, epoch, rank, worker).
+        image_size: resize frames to this square size (observation view); None keeps stored size.
+        camera_names: cameras in batch order; default: union of the embodiments' cameras.
+    """
+
+    def __init__(
+        self,
+        datasets: list[DatasetSource],
+        view: Literal["trajectory", "observation"] = "trajectory",
+        chunk_len: int = 8,
+        history_len: int = 8,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        batches_per_epoch: int = 200,
+        val_batches: int = 20,
+        val_fraction: float = 0.1,
+        normalization: Literal["quantile", "meanstd"] = "quantile",
+        windows_per_episode: int = 4,
+        shuffle_buffer: int = 128,
+        cache_mb: float = 256.0,
+        seed: int = 0,
+        image_size: int | None = None,
+        camera_names: list[str] | None = None,
+    ):
+        super().__init__()
+        self.sources = [_as_source(d) for d in datasets]
+        if not self.sources:
+            raise DataError("data.datasets is empty: give at least one dataset directory")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.view: View = view
+        self.chunk_len = chunk_len
+        self.history_len = history_len
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.batches_per_epoch = batches_per_epoch
+        self.val_batches = val_batches
+        self.val_fraction = val_fraction
+        self.normalization_mode = normalization
+        self.windows_per_episode = windows_per_episode
+        self.shuffle_buffer = shuffle_buffer
+        self.cache_mb = cache_mb
+        self.seed = seed
+        self.image_size = image_size
+
+        self.manifests = {str(Path(s.path)): load_manifest(s.path) for s in self.sources}
+        self._registry = registry_from_manifests(self.manifests)
+        stats = merge_stats(load_stats(s.path) for s in self.sources)
+        self._normalizer = Normalizer(stats, self._registry, normalization)
+        self._camera_names = list(camera_names) if camera_names else default_camera_names(self._registry)
+        if view == "observation" and not self._camera_names:
+            raise DataError("the observation view needs cameras, but no embodiment spec lists any")
+        self.train_sources = self._split_sources("train")
+        self.val_sources = self._split_sources("val") if val_fraction > 0 else []
+        if val_fraction > 0 and not self.val_sources:
+            raise DataError(
+                f"val_fraction={val_fraction} selects no episode of {[s.path for s in self.sources]}; "
+                "raise it, or set it to 0 to disable validation"
+            )
+
+    def _split_sources(self, split: Literal["train", "val"]) -> list[ShardSource]:
+        out = []
+        for src in self.sources:
+            s = shard_source(
+                src.path, self.view, split, self.val_fraction, src.weight, self.manifests[str(Path(src.path))]
+            )
+            if s.num_episodes:
+                out.append(s)
+            elif split == "train":
+                raise DataError(
+                    f"{src.path}: no training episodes (val_fraction={self.val_fraction} holds out all of them)"
+                )
+            # A dataset too small to own a validation episode simply does not take part in validation.
+        return out
+
+    # -- what models are built from --------------------------------------------------------------------
+    @property
+    def registry(self) -> EmbodimentRegistry:
+        return self._registry
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self._normalizer
+
+    @property
+    def embodiments(self) -> list[dict[str, Any]]:
+        return self._registry.to_dicts()
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        return self._normalizer.to_dict()
+
+    @property
+    def camera_names(self) -> list[str]:
+        return list(self._camera_names)
+
+    # -- loaders -------------------------------------------------------------------------------------
+    def make_stream(self, split: Literal["train", "val"], normalize: bool = True) -> WindowStream:
+        return WindowStream(
+            self.train_sources if split == "train" else self.val_sources,
+            self._registry,
+            self._normalizer if normalize else None,
+            view=self.view,
+            split=split,
+            val_fraction=self.val_fraction,
+            chunk_len=self.chunk_len,
+            history_len=self.history_len,
+            batch_size=self.batch_size,
+            windows_per_episode=self.windows_per_episode,
+            shuffle_buffer=self.shuffle_buffer,
+            cache_mb=self.cache_mb,
+            # Validation draws from its own seed so that it does not replay the training stream.
+            seed=self.seed if split == "train" else self.seed + 1_000_003,
+            camera_names=self._camera_names,
+            image_size=self.image_size,
+        )
+
+    def train_dataloader(self) -> StreamLoader:
+        return StreamLoader(self.make_stream("train"), self.batches_per_epoch, self.num_workers)
+
+    def val_dataloader(self) -> StreamLoader | list:
+        if not self.val_sources:
+            return []
+        return StreamLoader(self.make_stream("val"), self.val_batches, self.num_workers, fixed_epoch=True)
+
+    def val_episodes(self, with_frames: bool = False, max_episodes: int | None = None) -> Iterator[Episode]:
+        """Held-out episodes, whole and unnormalised, in a fixed order (for open-loop evaluation)."""
+        count = 0
+        for src in self.val_sources:
+            for episode in iter_episodes(
+                src.directory, self._registry, "val", self.val_fraction, with_frames
+            ):
+                if max_episodes is not None and count >= max_episodes:
+                    return
+                count += 1
+                yield episode
+
+
+def _as_source(item: DatasetSource | Mapping[str, Any] | str) -> DatasetSource:
+    # Python callers may pass plain paths or dicts; LightningCLI passes DatasetSource instances.
+    if isinstance(item, DatasetSource):
+        return item
+    if isinstance(item, str | Path):
+        return DatasetSource(str(item))
+    if isinstance(item, Mapping):
+        return DatasetSource(**item)
+    raise TypeError(f"data.datasets entries must be DatasetSource(path, weight), got {item!r}")

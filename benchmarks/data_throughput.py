@@ -1,0 +1,109 @@
+"""Throughput of the streaming DataModule: windows/s and transitions/s for both views and 0/1/2 workers.
+
+A transition is one (state, action) step of a window's chunk, so transitions/s = windows/s x chunk_len.
+The synthetic dataset is sized like the default simulated one (a few hundred episodes of 80-200 steps,
+two 64x64 cameras) and is written once to ``--data-dir`` and reused.
+
+    .venv/bin/python benchmarks/data_throughput.py [--batches 100] [--workers 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from actionprior.data.datamodule import ActionPriorDataModule
+from actionprior.data.synthetic import write_synthetic_dataset
+from actionprior.data.writer import load_manifest
+
+
+def ensure_dataset(directory: Path, episodes_per_embodiment: int, image_size: int) -> dict:
+    if not (directory / "stats.json").exists():
+        t0 = time.perf_counter()
+        write_synthetic_dataset(
+            directory,
+            episodes_per_embodiment=episodes_per_embodiment,
+            length_range=(80, 200),
+            shard_sizes=(16, 9, 23, 12),
+            image_size=image_size,
+        )
+        print(f"wrote {directory} in {time.perf_counter() - t0:.1f} s")
+    return load_manifest(directory)
+
+
+def measure(directory: Path, view: str, workers: int, batches: int, args: argparse.Namespace) -> dict:
+    dm = ActionPriorDataModule(
+        datasets=[str(directory)],
+        view=view,  # type: ignore[arg-type]
+        chunk_len=args.chunk_len,
+        history_len=args.history_len,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        batches_per_epoch=batches + 1,
+        val_fraction=0.0,
+        windows_per_episode=args.windows_per_episode,
+        shuffle_buffer=args.shuffle_buffer,
+    )
+    t0 = time.perf_counter()
+    iterator = iter(dm.train_dataloader())
+    next(iterator)  # worker start-up and shuffle-buffer fill are reported separately
+    t1 = time.perf_counter()
+    for _ in iterator:
+        pass
+    t2 = time.perf_counter()
+    windows = batches * args.batch_size
+    return {
+        "first": t1 - t0,
+        "windows_s": windows / (t2 - t1),
+        "transitions_s": windows * args.chunk_len / (t2 - t1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data_shards/bench-synthetic"))
+    parser.add_argument("--episodes-per-embodiment", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--views", nargs="+", default=["trajectory", "observation"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--batches", type=int, default=200, help="timed batches (trajectory view)")
+    parser.add_argument("--obs-batches", type=int, default=30, help="timed batches (observation view)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--chunk-len", type=int, default=8)
+    parser.add_argument("--history-len", type=int, default=8)
+    parser.add_argument("--windows-per-episode", type=int, default=4)
+    parser.add_argument("--shuffle-buffer", type=int, default=1000)
+    args = parser.parse_args()
+
+    manifest = ensure_dataset(args.data_dir, args.episodes_per_embodiment, args.image_size)
+    console = Console()
+    console.print(
+        f"dataset {args.data_dir}: {manifest['num_episodes']} episodes, {manifest['num_transitions']} transitions, "
+        f"{len(manifest['shards'])} shards; batch {args.batch_size}, H={args.chunk_len}, K={args.history_len}, "
+        f"{args.windows_per_episode} windows/episode"
+    )
+    table = Table(title="DataModule throughput")
+    for column in ("view", "workers", "first batch (s)", "windows/s", "transitions/s"):
+        table.add_column(column, justify="right")
+    for view in args.views:
+        for workers in args.workers:
+            batches = args.batches if view == "trajectory" else args.obs_batches
+            r = measure(args.data_dir, view, workers, batches, args)
+            table.add_row(
+                view,
+                str(workers),
+                f"{r['first']:.2f}",
+                f"{r['windows_s']:,.0f}",
+                f"{r['transitions_s']:,.0f}",
+            )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
