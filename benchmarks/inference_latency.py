@@ -1,0 +1,193 @@
+"""Inference latency per action chunk, split into its parts (target for the tiny default on CPU: <= 15 ms).
+
+One replan of :class:`~actionprior.evaluation.policy.Policy` is: build the batch from the raw observation
+(``batch``), encode the history window (``history``, only with ``use_history``), run the VLM backbone with
+the query tokens to ``z'`` (``backbone``), and integrate the flow decoder for N Euler steps (``decoder``).
+``act`` is the whole ``Policy.act`` call that replans, validation and un-normalisation included.
+
+    .venv/bin/python benchmarks/inference_latency.py                      # VLAModule defaults, tiny:qwen3_vl
+    .venv/bin/python benchmarks/inference_latency.py --ckpt runs/stage2/last.ckpt --threads 1 2
+    .venv/bin/python benchmarks/inference_latency.py --use-history --sampling-steps 5 10 --json out.json
+
+Without ``--ckpt`` the model is the VLAModule's default configuration with random weights (latency does
+not depend on the weights), over the simulator embodiments in configs/embodiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from actionprior.evaluation.observation import validate_observation
+from actionprior.evaluation.policy import Policy
+
+PARTS = ("batch", "history", "backbone", "decoder", "total", "act")
+
+
+def default_policy(image_size: int, use_history: bool, history_len: int) -> Policy:
+    from actionprior.data.normalization import Normalizer
+    from actionprior.data.stats import compute_stats
+    from actionprior.data.streaming import default_camera_names
+    from actionprior.embodiments import EmbodimentRegistry
+    from actionprior.training.vla_module import VLAModule
+
+    registry = EmbodimentRegistry.from_dir()
+    rng = np.random.default_rng(0)
+    stats = compute_stats(
+        (s.name, rng.normal(size=(32, s.state_dim)), rng.normal(size=(32, s.action_dim))) for s in registry
+    )
+    cameras = default_camera_names(registry)
+    module = VLAModule(
+        use_history=use_history,
+        camera_names=cameras,
+        embodiments=registry.to_dicts(),
+        normalization=Normalizer(stats, registry).to_dict(),
+    )
+    return Policy(
+        module.model,
+        module.normalizer,
+        cameras,
+        image_size,
+        chunk_len=module.prior_config.chunk_len,
+        history_len=history_len if use_history else 0,
+    )
+
+
+def observation(policy: Policy, embodiment: str, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    spec = policy.registry[embodiment]
+    size = policy.obs_spec.image_size
+    return {
+        "embodiment": embodiment,
+        "state": rng.normal(size=spec.state_dim).astype(np.float32),
+        "images": {
+            c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            for c in policy.obs_spec.cameras_for(embodiment)
+        },
+        "instruction": "pick up the red cube and place it on the green one",
+    }
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+@torch.no_grad()
+def measure(
+    policy: Policy, embodiment: str, steps: int, iters: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    model = policy.model
+    obs = observation(policy, embodiment)
+    for k in range(policy.history_len):  # a full history window, as in the middle of an episode
+        policy.history.append(obs["state"] + k, np.zeros(policy.registry[embodiment].action_dim, np.float32))
+    valid = validate_observation(obs, policy.obs_spec)
+    samples: dict[str, list[float]] = {p: [] for p in PARTS}
+    gen = torch.Generator().manual_seed(0)
+    for i in range(warmup + iters):
+        batch, t_batch = _timed(lambda: policy.build_batch(valid, policy.history))
+        z_hist = on = None
+        t_hist = 0.0
+        if model.use_history:
+            (z_hist, on), t_hist = _timed(lambda b=batch: model.history_latent(b))
+        z, t_backbone = _timed(lambda b=batch, zh=z_hist, o=on: model.predict_latent(b, zh, o))
+        _, t_decoder = _timed(
+            lambda: model.prior.sample(z, batch["embodiment_id"], steps=steps, generator=gen)
+        )
+        policy.reset()  # empty queue: the next act() replans
+        policy.sampling_steps = steps
+        _, t_act = _timed(lambda: policy.act(obs))
+        if i >= warmup:
+            for part, value in zip(
+                PARTS,
+                (t_batch, t_hist, t_backbone, t_decoder, t_batch + t_hist + t_backbone + t_decoder, t_act),
+            ):
+                samples[part].append(value)
+    return {
+        part: {
+            "median_ms": statistics.median(v),
+            "p90_ms": float(np.percentile(v, 90)),
+            "min_ms": min(v),
+        }
+        for part, v in samples.items()
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--ckpt", default=None, help="Stage 2 checkpoint (default: VLAModule defaults, random weights)"
+    )
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--history-len", type=int, default=8)
+    p.add_argument("--use-history", action="store_true", help="(default model only) with the history token")
+    p.add_argument("--embodiment", default=None, help="default: the first one the policy knows")
+    p.add_argument("--sampling-steps", type=int, nargs="+", default=[10])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    if args.ckpt:
+        policy = Policy.from_checkpoint(args.ckpt, image_size=args.image_size, history_len=args.history_len)
+        source = args.ckpt
+    else:
+        policy = default_policy(args.image_size, args.use_history, args.history_len)
+        source = "VLAModule defaults (tiny:qwen3_vl, random weights)"
+    embodiment = args.embodiment or policy.registry.names[0]
+    console = Console()
+    n_params = {
+        "backbone": sum(p.numel() for p in policy.model.backbone.parameters()),
+        "action_prior": sum(p.numel() for p in policy.model.prior.parameters()),
+    }
+    console.print(
+        f"{source}: {embodiment}, {len(policy.obs_spec.cameras_for(embodiment))} cameras at "
+        f"{args.image_size}px, chunk {policy.chunk_len}, history {policy.history_len}, params {n_params}"
+    )
+    table = Table(title="inference latency per chunk (median / p90 ms)")
+    table.add_column("threads")
+    table.add_column("steps")
+    for part in PARTS:
+        table.add_column(part, justify="right")
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for steps in args.sampling_steps:
+            res = measure(policy, embodiment, steps, args.iters, args.warmup)
+            rows.append({"threads": threads, "sampling_steps": steps, **res})
+            table.add_row(
+                str(threads),
+                str(steps),
+                *(f"{res[p]['median_ms']:.1f} / {res[p]['p90_ms']:.1f}" for p in PARTS),
+            )
+    console.print(table)
+    console.print(f"per action with replan_every = chunk ({policy.chunk_len}): total / {policy.chunk_len}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "source": source,
+                    "embodiment": embodiment,
+                    "params": n_params,
+                    "image_size": args.image_size,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
