@@ -133,3 +133,14 @@ def test_same_seed_same_scene_different_seed_different_scene():
         assert np.linalg.norm(env.raw_obs[4:7] - puck_a) > 1e-3
     finally:
         env.close()
+
+
+def test_state_only_env_renders_nothing():
+    env = make_env("metaworld_sawyer", "push", seed=0, cameras=())
+    try:
+        obs = env.reset(seed=0)
+        assert obs["images"] == {} and obs["state"].shape == (4,)
+        obs, _, _ = env.step(np.zeros(4))
+        assert obs["images"] == {}
+    finally:
+        env.close()

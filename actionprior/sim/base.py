@@ -61,6 +61,9 @@ class CameraRenderer:
 
         self._data = data
         self._cameras = dict(cameras)
+        self._renderer: Any = None
+        if not self._cameras:  # state-only rollouts: no GL context at all
+            return
         for cam in self._cameras.values():
             if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam["name"]) < 0:
                 raise SimError(f"the simulator model has no camera '{cam['name']}'")
@@ -75,7 +78,7 @@ class CameraRenderer:
         flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
 
     def render(self) -> dict[str, np.ndarray]:
-        images = {}
+        images: dict[str, np.ndarray] = {}
         for canonical, cam in self._cameras.items():
             self._renderer.update_scene(self._data, camera=cam["name"])
             img = self._renderer.render()
@@ -87,7 +90,9 @@ class CameraRenderer:
         return images
 
     def close(self) -> None:
-        self._renderer.close()
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
 
 class SimEnv(abc.ABC):

@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    console = Console()
+    # Rich falls back to 80 columns when piped (CI logs), which truncates the embodiment names.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     try:
         suite = load_suite(args.suite).select(args.only)
         report = collect(
