@@ -103,16 +103,15 @@ def measure(
             (z_hist, on), t_hist = _timed(lambda b=batch: model.history_latent(b))
         z, t_backbone = _timed(lambda b=batch, zh=z_hist, o=on: model.predict_latent(b, zh, o))
         _, t_decoder = _timed(
-            lambda: model.prior.sample(z, batch["embodiment_id"], steps=steps, generator=gen)
+            lambda zz=z, e=batch["embodiment_id"]: model.prior.sample(zz, e, steps=steps, generator=gen)
         )
         policy.reset()  # empty queue: the next act() replans
         policy.sampling_steps = steps
         _, t_act = _timed(lambda: policy.act(obs))
         if i >= warmup:
-            for part, value in zip(
-                PARTS,
-                (t_batch, t_hist, t_backbone, t_decoder, t_batch + t_hist + t_backbone + t_decoder, t_act),
-            ):
+            total = t_batch + t_hist + t_backbone + t_decoder
+            values = (t_batch, t_hist, t_backbone, t_decoder, total, t_act)
+            for part, value in zip(PARTS, values, strict=True):
                 samples[part].append(value)
     return {
         part: {
