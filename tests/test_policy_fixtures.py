@@ -34,10 +34,13 @@ def tiny_stats(registry: EmbodimentRegistry, seed: int = 0, scale: float = 3.0) 
     )
 
 
-def write_tiny_checkpoint(path: Path, use_history: bool = True) -> Path:
+def write_tiny_checkpoint(
+    path: Path, use_history: bool = True, registry: EmbodimentRegistry | None = None, cameras=CAMERAS
+) -> Path:
+    """Untrained weights; ``registry`` defaults to the synthetic embodiments (the simulator ones for sim tests)."""
     from actionprior.training.vla_module import VLAModule
 
-    registry = synthetic_registry()
+    registry = registry or synthetic_registry()
     normalizer = Normalizer(tiny_stats(registry), registry)
     torch.manual_seed(0)
     module = VLAModule(
@@ -50,7 +53,7 @@ def write_tiny_checkpoint(path: Path, use_history: bool = True) -> Path:
         head_hidden=32,
         use_history=use_history,
         sample_steps=3,
-        camera_names=list(CAMERAS),
+        camera_names=list(cameras),
         embodiments=registry.to_dicts(),
         normalization=normalizer.to_dict(),
     )
