@@ -149,3 +149,17 @@ def test_frame_grid_keeps_first_and_last_frames() -> None:
     grid = frame_grid(frames, max_frames=5)
     assert grid.shape == (4, 25, 3)
     assert grid[0, 0, 0] == 0 and grid[0, -1, 0] == 19
+
+
+def test_rollouts_through_the_policy_server_match_in_process_results() -> None:
+    from actionprior.evaluation.rollout import ServerPolicyFactory
+    from actionprior.evaluation.server import PolicyServer
+
+    jobs = make_jobs([("point", "reach-a", 30)], 2, {"point": ("top",)}, base_seed=3)
+    local = run_rollouts(jobs, ExpertFactory(), ToyEnvFactory(), workers=0)
+    with PolicyServer(ExpertPolicy(), port=0) as server:
+        remote = run_rollouts(jobs, ServerPolicyFactory(server.url), ToyEnvFactory(), workers=0)
+    assert [(r.success, r.steps, r.replans) for r in remote] == [
+        (r.success, r.steps, r.replans) for r in local
+    ]
+    np.testing.assert_array_equal(remote[0].frames, local[0].frames)
