@@ -141,6 +141,8 @@ def _init_worker(progress: Any) -> None:
 def _env_for(unit: Unit, suite: Suite, registry: EmbodimentRegistry, image_size: int, seed: int):
     from actionprior.sim import make_env, make_expert
 
+    # The build seed is the base seed: robosuite draws model-time randomness (e.g. the Lift cube's size)
+    # when the env is built, so it must not depend on which worker or unit happened to build it.
     key = (unit.embodiment, unit.task, image_size)
     built = time.perf_counter()
     if key not in _ENV_CACHE:
