@@ -16,9 +16,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` always holds the final step of a run.
+
+    Lightning only refreshes ``last.ckpt`` when a periodic save fires, so a run whose ``max_steps`` is not
+    a multiple of ``every_n_train_steps`` would resume from an older step and silently redo work.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -33,7 +46,7 @@ class ActionPriorCLI(LightningCLI):
             default=None,
             help="Stage 1 checkpoint for the trainer callbacks that accept one (Stage 2's ActionPriorTransfer)",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}"})
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)

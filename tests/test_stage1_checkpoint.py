@@ -1,0 +1,135 @@
+"""Stage 1 checkpoints: what they carry, loading without data, and mismatch errors that name the difference."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from actionprior.data.normalization import Normalizer
+from actionprior.data.stats import compute_stats
+from actionprior.data.synthetic import make_episode, synthetic_registry
+from actionprior.embodiments import EmbodimentRegistry
+from actionprior.training import ActionPriorModule
+from actionprior.training.checkpointing import (
+    CHECKPOINT_KEY,
+    CheckpointMismatchError,
+    check_compatible,
+    load_action_prior,
+)
+
+TINY = dict(width=32, depth=1, heads=2, latent_dim=8, chunk_len=4, sample_steps=3)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[EmbodimentRegistry, dict]:
+    registry = synthetic_registry()
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(spec, f"e{i}_{spec.name}", 25, rng) for i in range(3) for spec in registry]
+    return registry, compute_stats((ep.embodiment, ep.state, ep.action) for ep in episodes)
+
+
+def _module(registry: EmbodimentRegistry, stats: dict, mode: str = "quantile", **kw) -> ActionPriorModule:
+    normalizer = Normalizer(stats, registry, mode)
+    return ActionPriorModule(
+        **{**TINY, **kw}, embodiments=registry.to_dicts(), normalization=normalizer.to_dict()
+    )
+
+
+def _save(module: ActionPriorModule, path) -> dict:
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return checkpoint
+
+
+def test_checkpoint_rebuilds_the_prior_without_data(data, tmp_path):
+    registry, stats = data
+    torch.manual_seed(0)
+    module = _module(registry, stats)
+    checkpoint = _save(module, tmp_path / "s1.ckpt")
+    payload = checkpoint[CHECKPOINT_KEY]
+    assert payload["normalization_fingerprint"] == module.normalizer.fingerprint
+    assert payload["embodiment_fingerprint"] == registry.fingerprint()
+    assert payload["model_config"]["action_dims"] == [4, 7, 8]
+
+    prior, loaded_registry, normalizer, config = load_action_prior(tmp_path / "s1.ckpt")
+    assert loaded_registry.names == registry.names and not loaded_registry.diff(registry)
+    assert normalizer.fingerprint == module.normalizer.fingerprint
+    assert config == module.config and not prior.training
+    b = 3
+    eid = torch.tensor([0, 2, 1])
+    state, action = torch.randn(b, 4, 11), torch.randn(b, 4, 8)
+    mask = torch.ones(b, 4, dtype=torch.bool)
+    module.model.eval()
+    with torch.no_grad():
+        z = module.model.encode(state, action, mask, eid)
+        assert torch.equal(prior.encode(state, action, mask, eid), z)
+        g1, g2 = (torch.Generator().manual_seed(0) for _ in range(2))
+        assert torch.equal(prior.sample(z, eid, generator=g1), module.model.sample(z, eid, generator=g2))
+
+
+def test_mismatches_are_named(data, tmp_path):
+    registry, stats = data
+    payload = _save(_module(registry, stats), tmp_path / "s1.ckpt")[CHECKPOINT_KEY]
+
+    fewer = EmbodimentRegistry([registry["synth_arm4"], registry["synth_arm7"]])
+    with pytest.raises(
+        CheckpointMismatchError, match=r"embodiments only in the first: \['synth_arm8'\]"
+    ) as err:
+        check_compatible(payload, "s1.ckpt", registry=fewer)
+    assert "max_action_dim is 8 in the checkpoint but 7 here" in str(err.value)
+
+    renamed = EmbodimentRegistry(
+        [
+            replace(registry["synth_arm4"], action_names=("dx", "dy", "dz", "gripper")),
+            registry["synth_arm7"],
+            registry["synth_arm8"],
+        ]
+    )
+    with pytest.raises(CheckpointMismatchError, match="embodiment 'synth_arm4': action_names differs"):
+        check_compatible(payload, "s1.ckpt", registry=renamed)
+
+    other_stats = Normalizer(stats, registry, "meanstd")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"normalisation fingerprint .* \(mode quantile vs meanstd\)"
+    ):
+        check_compatible(payload, "s1.ckpt", normalizer=other_stats)
+
+    wider = _module(registry, stats, width=64).config
+    with pytest.raises(
+        CheckpointMismatchError, match="model config: width is 32 in the checkpoint but 64 here"
+    ):
+        check_compatible(payload, "s1.ckpt", config=wider)
+    check_compatible(
+        payload,
+        "s1.ckpt",
+        registry=registry,
+        normalizer=Normalizer(stats, registry),
+        config=_module(registry, stats).config,
+    )
+
+
+def test_resuming_into_a_different_module_fails_before_loading_weights(data, tmp_path):
+    registry, stats = data
+    checkpoint = _save(_module(registry, stats), tmp_path / "s1.ckpt")
+    other = _module(registry, stats, depth=2)
+    with pytest.raises(
+        CheckpointMismatchError, match="model config: depth is 1 in the checkpoint but 2 here"
+    ):
+        other.on_load_checkpoint(checkpoint)
+    # Sampling settings are not architecture: resuming with more Euler steps is allowed.
+    _module(registry, stats, sample_steps=20).on_load_checkpoint(checkpoint)
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="not an actionprior Stage 1 checkpoint"):
+        load_action_prior(tmp_path / "foreign.ckpt")
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_action_prior(tmp_path / "missing.ckpt")
+
+
+def test_module_requires_data_description():
+    with pytest.raises(ValueError, match="needs `embodiments` and `normalization`"):
+        ActionPriorModule(**TINY)
