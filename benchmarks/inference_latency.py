@@ -78,10 +78,38 @@ def observation(policy: Policy, embodiment: str, seed: int = 0) -> dict[str, Any
     }
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
+class Timer:
+    """Wall time and this thread's CPU time of each timed call, per part.
+
+    With one torch thread all the work runs in the calling thread, so its CPU time is what the wall time
+    would be on an idle machine; on a shared, loaded machine wall time mostly measures waiting.
+    """
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {p: [] for p in PARTS}
+        self.cpu: dict[str, list[float]] = {p: [] for p in PARTS}
+
+    def __call__(self, part: str, fn: Callable[[], Any], record: bool) -> Any:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        out = fn()
+        if record:
+            self.add(part, (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3)
+        return out
+
+    def add(self, part: str, wall_ms: float, cpu_ms: float) -> None:
+        self.wall[part].append(wall_ms)
+        self.cpu[part].append(cpu_ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            part: {
+                "wall_median_ms": statistics.median(self.wall[part]),
+                "wall_p90_ms": float(np.percentile(self.wall[part], 90)),
+                "wall_min_ms": min(self.wall[part]),
+                "cpu_median_ms": statistics.median(self.cpu[part]),
+            }
+            for part in PARTS
+        }
 
 
 @torch.no_grad()
@@ -93,34 +121,34 @@ def measure(
     for k in range(policy.history_len):  # a full history window, as in the middle of an episode
         policy.history.append(obs["state"] + k, np.zeros(policy.registry[embodiment].action_dim, np.float32))
     valid = validate_observation(obs, policy.obs_spec)
-    samples: dict[str, list[float]] = {p: [] for p in PARTS}
     gen = torch.Generator().manual_seed(0)
+    policy.sampling_steps = steps
+    timer = Timer()
     for i in range(warmup + iters):
-        batch, t_batch = _timed(lambda: policy.build_batch(valid, policy.history))
+        rec = i >= warmup
+        n0 = {p: len(timer.wall[p]) for p in PARTS}
+        batch = timer("batch", lambda: policy.build_batch(valid, policy.history), rec)
         z_hist = on = None
-        t_hist = 0.0
         if model.use_history:
-            (z_hist, on), t_hist = _timed(lambda b=batch: model.history_latent(b))
-        z, t_backbone = _timed(lambda b=batch, zh=z_hist, o=on: model.predict_latent(b, zh, o))
-        _, t_decoder = _timed(
-            lambda zz=z, e=batch["embodiment_id"]: model.prior.sample(zz, e, steps=steps, generator=gen)
+            z_hist, on = timer("history", lambda b=batch: model.history_latent(b), rec)
+        elif rec:
+            timer.add("history", 0.0, 0.0)
+        z = timer("backbone", lambda b=batch, zh=z_hist, o=on: model.predict_latent(b, zh, o), rec)
+        timer(
+            "decoder",
+            lambda zz=z, e=batch["embodiment_id"]: model.prior.sample(zz, e, steps=steps, generator=gen),
+            rec,
         )
+        if rec:
+            parts = ("batch", "history", "backbone", "decoder")
+            timer.add(
+                "total",
+                sum(timer.wall[p][n0[p]] for p in parts),
+                sum(timer.cpu[p][n0[p]] for p in parts),
+            )
         policy.reset()  # empty queue: the next act() replans
-        policy.sampling_steps = steps
-        _, t_act = _timed(lambda: policy.act(obs))
-        if i >= warmup:
-            total = t_batch + t_hist + t_backbone + t_decoder
-            values = (t_batch, t_hist, t_backbone, t_decoder, total, t_act)
-            for part, value in zip(PARTS, values, strict=True):
-                samples[part].append(value)
-    return {
-        part: {
-            "median_ms": statistics.median(v),
-            "p90_ms": float(np.percentile(v, 90)),
-            "min_ms": min(v),
-        }
-        for part, v in samples.items()
-    }
+        timer("act", lambda: policy.act(obs), rec)
+    return timer.summary()
 
 
 def main() -> None:
@@ -155,7 +183,7 @@ def main() -> None:
         f"{source}: {embodiment}, {len(policy.obs_spec.cameras_for(embodiment))} cameras at "
         f"{args.image_size}px, chunk {policy.chunk_len}, history {policy.history_len}, params {n_params}"
     )
-    table = Table(title="inference latency per chunk (median / p90 ms)")
+    table = Table(title="latency per chunk, ms: wall median / p90 | thread CPU median")
     table.add_column("threads")
     table.add_column("steps")
     for part in PARTS:
@@ -169,7 +197,10 @@ def main() -> None:
             table.add_row(
                 str(threads),
                 str(steps),
-                *(f"{res[p]['median_ms']:.1f} / {res[p]['p90_ms']:.1f}" for p in PARTS),
+                *(
+                    f"{res[p]['wall_median_ms']:.1f} / {res[p]['wall_p90_ms']:.1f} | {res[p]['cpu_median_ms']:.1f}"
+                    for p in PARTS
+                ),
             )
     console.print(table)
     console.print(f"per action with replan_every = chunk ({policy.chunk_len}): total / {policy.chunk_len}")
