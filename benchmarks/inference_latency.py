@@ -5,12 +5,13 @@ One replan of :class:`~actionprior.evaluation.policy.Policy` is: build the batch
 the query tokens to ``z'`` (``backbone``), and integrate the flow decoder for N Euler steps (``decoder``).
 ``act`` is the whole ``Policy.act`` call that replans, validation and un-normalisation included.
 
-    .venv/bin/python benchmarks/inference_latency.py                      # VLAModule defaults, tiny:qwen3_vl
+    .venv/bin/python benchmarks/inference_latency.py                      # configs/stage2.yaml's model
     .venv/bin/python benchmarks/inference_latency.py --ckpt runs/stage2/last.ckpt --threads 1 2
     .venv/bin/python benchmarks/inference_latency.py --use-history --sampling-steps 5 10 --json out.json
 
-Without ``--ckpt`` the model is the VLAModule's default configuration with random weights (latency does
-not depend on the weights), over the simulator embodiments in configs/embodiments.
+Without ``--ckpt`` the model is the one ``--config`` (default configs/stage2.yaml, the tiny CPU default)
+describes, with random weights (latency does not depend on them), over configs/embodiments.
+Use ``--threads 1`` figures: on a shared 2-core machine, 2 intra-op threads were ~10x slower (measured).
 """
 
 from __future__ import annotations
@@ -34,13 +35,25 @@ from actionprior.evaluation.policy import Policy
 PARTS = ("batch", "history", "backbone", "decoder", "total", "act")
 
 
-def default_policy(image_size: int, use_history: bool, history_len: int) -> Policy:
+def default_policy(
+    config: Path, image_size: int, use_history: bool | None, history_len: int | None
+) -> Policy:
+    """The model of a Stage 2 config file (``model.init_args`` + ``data.chunk_len``), random weights."""
+    import yaml
+
     from actionprior.data.normalization import Normalizer
     from actionprior.data.stats import compute_stats
     from actionprior.data.streaming import default_camera_names
     from actionprior.embodiments import EmbodimentRegistry
     from actionprior.training.vla_module import VLAModule
 
+    cfg = yaml.safe_load(config.read_text())
+    init = {k: v for k, v in cfg["model"]["init_args"].items() if k != "camera_names"}
+    data = cfg.get("data", {})
+    init["chunk_len"] = data.get("chunk_len", init.get("chunk_len", 16))
+    if use_history is not None:
+        init["use_history"] = use_history
+    history_len = history_len if history_len is not None else data.get("history_len", 8)
     registry = EmbodimentRegistry.from_dir()
     rng = np.random.default_rng(0)
     stats = compute_stats(
@@ -48,7 +61,7 @@ def default_policy(image_size: int, use_history: bool, history_len: int) -> Poli
     )
     cameras = default_camera_names(registry)
     module = VLAModule(
-        use_history=use_history,
+        **init,
         camera_names=cameras,
         embodiments=registry.to_dicts(),
         normalization=Normalizer(stats, registry).to_dict(),
@@ -59,7 +72,7 @@ def default_policy(image_size: int, use_history: bool, history_len: int) -> Poli
         cameras,
         image_size,
         chunk_len=module.prior_config.chunk_len,
-        history_len=history_len if use_history else 0,
+        history_len=history_len if init.get("use_history") else 0,
     )
 
 
@@ -157,8 +170,16 @@ def main() -> None:
         "--ckpt", default=None, help="Stage 2 checkpoint (default: VLAModule defaults, random weights)"
     )
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--history-len", type=int, default=8)
-    p.add_argument("--use-history", action="store_true", help="(default model only) with the history token")
+    p.add_argument(
+        "--config", type=Path, default=Path("configs/stage2.yaml"), help="model config without --ckpt"
+    )
+    p.add_argument("--history-len", type=int, default=None, help="default: the config's data.history_len")
+    p.add_argument(
+        "--use-history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override model.use_history",
+    )
     p.add_argument("--embodiment", default=None, help="default: the first one the policy knows")
     p.add_argument("--sampling-steps", type=int, nargs="+", default=[10])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -171,8 +192,8 @@ def main() -> None:
         policy = Policy.from_checkpoint(args.ckpt, image_size=args.image_size, history_len=args.history_len)
         source = args.ckpt
     else:
-        policy = default_policy(args.image_size, args.use_history, args.history_len)
-        source = "VLAModule defaults (tiny:qwen3_vl, random weights)"
+        policy = default_policy(args.config, args.image_size, args.use_history, args.history_len)
+        source = f"{args.config} model, random weights"
     embodiment = args.embodiment or policy.registry.names[0]
     console = Console()
     n_params = {
