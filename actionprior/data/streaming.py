@@ -281,7 +281,6 @@ class WindowStream(IterableDataset):
         self.epoch = 0
         self.rank = 0
         self.world_size = 1
-        self._iterations = 0
 
     # -- episodes ------------------------------------------------------------------------------------
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> _PoolEpisode:
@@ -394,9 +393,7 @@ class WindowStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        # _iterations distinguishes restarts inside a persistent worker, which keeps its copy of self.
-        self._iterations += 1
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, self._iterations])
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         cache: dict = {}
         streams = [self._episodes(src, rng.spawn(1)[0], cache) for src in self.sources]
         pools = [[next(stream) for _ in range(self.shuffle_buffer)] for stream in streams]
