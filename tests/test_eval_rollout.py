@@ -163,3 +163,14 @@ def test_rollouts_through_the_policy_server_match_in_process_results() -> None:
         (r.success, r.steps, r.replans) for r in local
     ]
     np.testing.assert_array_equal(remote[0].frames, local[0].frames)
+
+
+def test_eval_refuses_a_policy_that_lacks_a_suite_embodiment() -> None:
+    from actionprior.evaluation.evaluate import EvaluationError, _cameras
+
+    info = ExpertPolicy().describe()
+    assert _cameras(info, ["point"]) == {"point": ("top",)}
+    with pytest.raises(
+        EvaluationError, match=r"does not control embodiments \['robosuite_panda_osc'\].*--only"
+    ):
+        _cameras(info, ["point", "robosuite_panda_osc"])
