@@ -100,7 +100,7 @@ def test_ddp_yaml_builds_a_cpu_trainer_with_accumulation() -> None:
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.accumulate_grad_batches == 4
     kwargs = trainer.strategy._ddp_kwargs
-    assert (kwargs["find_unused_parameters"], kwargs["gradient_as_bucket_view"]) == (False, True)
+    assert (kwargs["find_unused_parameters"], kwargs["gradient_as_bucket_view"]) == (True, True)
 
 
 def test_every_cluster_config_sets_bf16_and_accumulation() -> None:
