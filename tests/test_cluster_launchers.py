@@ -179,6 +179,8 @@ def test_sbatch_script_requeues_on_sigusr1_and_matches_the_srun_layout() -> None
     assert _trainer_flags(srun)["--trainer.num_nodes"] == "8"
     assert _trainer_flags(srun)["--trainer.devices"] == "8"
     assert "cd /repo" in lines
+    # srun does not inherit --cpus-per-task from sbatch since Slurm 22.05
+    assert "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK}" in lines
     assert "$" not in script.replace("${SLURM", "").replace("$(date", "")  # every placeholder substituted
 
 
