@@ -5,7 +5,7 @@ set -euo pipefail
 VENV=${1:-.venv}
 
 # Headless MuJoCo rendering through EGL (MUJOCO_GL=egl) needs these Debian packages (Mesa for CPU-only hosts).
-RENDER_PKGS="libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libglapi-mesa"
+RENDER_PKGS="libegl1 libgl1 libopengl0 libegl-mesa0 libgl1-mesa-dri libglapi-mesa"
 missing=""
 for p in $RENDER_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
