@@ -68,8 +68,12 @@ def test_fit_then_resume_with_ckpt_path_last(dataset, tmp_path):
     assert lr[4] == pytest.approx(1e-3 * schedule(4), rel=1e-4)
     for tag in ("train/grad_norm", "train/z_std", "train/z_norm", "val/flow_loss", "val/mae_ratio"):
         assert tag in logs, f"{tag} not logged; got {sorted(logs)}"
-    for name in ("synth_arm4", "synth_arm7", "synth_arm8"):
-        assert f"val/mae/{name}" in logs and f"val/baseline_mae/{name}" in logs
+    # Per-embodiment errors for the embodiments the validation batches held (units differ per robot).
+    seen = [tag.removeprefix("val/mae/") for tag in logs if tag.startswith("val/mae/")]
+    assert seen and set(seen) <= {"synth_arm4", "synth_arm7", "synth_arm8"}
+    for name in seen:
+        ratio = logs[f"val/mae/{name}"][-1][1] / logs[f"val/baseline_mae/{name}"][-1][1]
+        assert logs[f"val/mae_ratio/{name}"][-1][1] == pytest.approx(ratio, rel=1e-4)
 
     # The checkpoint rebuilds the model without the dataset, both as a LightningModule and as a plain prior.
     module = ActionPriorModule.load_from_checkpoint(last, weights_only=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 
@@ -56,6 +56,15 @@ class ActionPriorCLI(LightningCLI):
         parser.link_arguments("data.embodiments", "model.init_args.embodiments", apply_on="instantiate")
         parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # A Rich progress bar by default, unless the config turns progress bars off (Lightning refuses a
+        # progress-bar callback together with enable_progress_bar=false) or brings its own.
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        own = any(isinstance(cb, ProgressBar) for cb in trainer_config.get("callbacks") or [])
+        wanted = trainer_config.get("enable_progress_bar") is not False and not own
+        self.trainer_defaults["callbacks"] = [RichProgressBar()] if wanted else []
+        return super().instantiate_trainer(**kwargs)
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -83,7 +92,6 @@ def run(argv: list[str] | None = None) -> None:
     from actionprior.data.datamodule import ActionPriorDataModule
 
     trainer_defaults: dict[str, Any] = {
-        "callbacks": [RichProgressBar()],
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": "runs", "name": "tensorboard"},
