@@ -98,7 +98,7 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
             data = stream.read()
     except OSError as exc:
         raise DataError(f"{url}: cannot read shard ({exc})") from exc
-    yield from iter_tar_samples(data, url)
+    yield from iter_tar_samples(data, url, verify=False)
 
 
 def decode_sample(
@@ -396,7 +396,9 @@ class WindowStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         cache: dict = {}
         streams = [self._episodes(src, rng.spawn(1)[0], cache) for src in self.sources]
-        pools = [[next(stream) for _ in range(self.shuffle_buffer)] for stream in streams]
+        # A pool larger than the dataset would only hold duplicates (and cost start-up time).
+        sizes = [max(1, min(self.shuffle_buffer, src.num_episodes)) for src in self.sources]
+        pools = [[next(stream) for _ in range(n)] for stream, n in zip(streams, sizes, strict=True)]
         debt = np.zeros(len(streams))  # episodes owed to each pool for the windows drawn from it
         while True:
             counts = rng.multinomial(self.batch_size, self.probs)
@@ -453,8 +455,10 @@ class StreamLoader:
     """Exactly ``num_batches`` batches per epoch from a :class:`WindowStream`, on every rank.
 
     A fixed count per rank (rather than "until the shards run out") is what makes DDP safe with any
-    number of shards. Each ``iter()`` is a new epoch with new seeds, unless ``fixed_epoch`` (validation:
-    the same batches every time, so validation losses are comparable across epochs).
+    number of shards. By default the endless stream (its workers, pools and caches) persists across
+    epochs and an epoch is simply the next ``num_batches`` batches. With ``fixed_epoch`` (validation)
+    every ``iter()`` restarts the stream from the same seeds, so every validation run sees the same
+    batches and losses are comparable across epochs.
     """
 
     def __init__(
@@ -475,14 +479,15 @@ class StreamLoader:
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
         self._epoch = 0
+        self._stream: Iterator[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return self.num_batches
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _start(self) -> Iterator[dict[str, Any]]:
+        # Set in this process before the DataLoader copies the dataset into its workers.
         self.dataset.rank, self.dataset.world_size = _distributed_rank()
         self.dataset.epoch = 0 if self.fixed_epoch else self._epoch
-        self._epoch += 1
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the stream collates itself
@@ -491,9 +496,18 @@ class StreamLoader:
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
         )
-        iterator = iter(loader)
-        try:
-            for _ in range(self.num_batches):
-                yield to_torch(next(iterator))
-        finally:
-            del iterator  # shuts the workers down; the stream itself is endless
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.fixed_epoch or self._stream is None:
+            self._stream = self._start()
+        self._epoch += 1
+        stream = self._stream
+        for _ in range(self.num_batches):
+            yield to_torch(next(stream))
+        if self.fixed_epoch:
+            self._stream = None  # shuts the workers down until the next validation run
+
+    def close(self) -> None:
+        """Stop the workers now (they also stop when the loader is garbage collected)."""
+        self._stream = None

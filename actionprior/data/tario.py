@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from webdataset.tariterators import base_plus_ext
-
 from actionprior.data.schema import DataError
 
 _BLOCK = 512
@@ -43,8 +41,12 @@ def _pax_records(body: memoryview, where: str) -> dict[str, str]:
     return records
 
 
-def iter_tar_members(data: bytes, where: str) -> Iterator[tuple[str, memoryview]]:
-    """``(name, content)`` of the regular files of a tar held in ``data``; raises on truncation/corruption."""
+def iter_tar_members(data: bytes, where: str, verify: bool = True) -> Iterator[tuple[str, memoryview]]:
+    """``(name, content)`` of the regular files of a tar held in ``data``; raises on truncation/corruption.
+
+    ``verify`` checks every header checksum (``data check`` does; streaming skips it for speed, while
+    truncation is still detected from the member sizes).
+    """
     view, pos, end = memoryview(data), 0, len(data)
     pending: dict[str, str] = {}
     while True:
@@ -53,8 +55,7 @@ def iter_tar_members(data: bytes, where: str) -> Iterator[tuple[str, memoryview]
         header = bytes(view[pos : pos + _BLOCK])
         if header == _ZEROS:
             return  # end-of-archive block
-        stored = _octal(header[148:156], where)
-        if stored != sum(header) - sum(header[148:156]) + 8 * 32:
+        if verify and _octal(header[148:156], where) != sum(header) - sum(header[148:156]) + 8 * 32:
             raise DataError(f"{where}: corrupt tar header at byte {pos} (checksum mismatch)")
         name = header[0:100].split(b"\0", 1)[0].decode()
         if header[257:262] == b"ustar":
@@ -72,7 +73,9 @@ def iter_tar_members(data: bytes, where: str) -> Iterator[tuple[str, memoryview]
         body = view[start : start + size]
         pos = start + (size + _BLOCK - 1) // _BLOCK * _BLOCK
         if kind == b"x":
-            pending = _pax_records(body, where)
+            # TarWriter's PAX headers only carry a float mtime; parse them only when they rename or resize.
+            raw = bytes(body)
+            pending = _pax_records(body, where) if b" path=" in raw or b" size=" in raw else {}
             continue
         if kind == b"L":  # GNU long name
             pending = {"path": bytes(body).rstrip(b"\0").decode()}
@@ -83,12 +86,20 @@ def iter_tar_members(data: bytes, where: str) -> Iterator[tuple[str, memoryview]
             yield name, body
 
 
-def iter_tar_samples(data: bytes, url: str) -> Iterator[dict[str, Any]]:
+def split_name(name: str) -> tuple[str | None, str | None]:
+    """WebDataset's key rule (``base_plus_ext``): the key ends at the first dot of the base name."""
+    dot = name.find(".", name.rfind("/") + 1)
+    if dot <= 0:
+        return None, None
+    return name[:dot], name[dot + 1 :]
+
+
+def iter_tar_samples(data: bytes, url: str, verify: bool = True) -> Iterator[dict[str, Any]]:
     """Members grouped into WebDataset samples: ``{"__key__", "__url__", field: bytes | memoryview}``."""
     sample: dict[str, Any] | None = None
-    for name, body in iter_tar_members(data, url):
-        key, field = base_plus_ext(name)
-        if key is None or key.startswith("__"):
+    for name, body in iter_tar_members(data, url, verify):
+        key, field = split_name(name)
+        if key is None or field is None or key.startswith("__"):
             continue
         if sample is None or sample["__key__"] != key:
             if sample is not None:
