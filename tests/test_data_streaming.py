@@ -248,3 +248,19 @@ def test_normalisation_round_trip_and_grippers(synthetic_dataset, mode) -> None:
         )
         inside = ((y >= -1) & (y <= 1)).mean(0)
         assert (inside >= 0.97).all()  # the 1st..99th percentile maps to [-1, 1]
+
+
+def test_datamodule_is_configurable_from_yaml(synthetic_dataset) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ActionPriorDataModule, "data")
+    cfg = parser.parse_string(
+        f"data:\n  datasets:\n  - path: {synthetic_dataset.path}\n    weight: 2.0\n"
+        "  view: observation\n  chunk_len: 2\n  image_size: 8\n  num_workers: 0\n"
+    )
+    dm = parser.instantiate_classes(cfg).data
+    assert dm.sources == [DatasetSource(str(synthetic_dataset.path), 2.0)]
+    assert (dm.view, dm.chunk_len, dm.image_size) == ("observation", 2, 8)
+    with pytest.raises(Exception, match="view"):
+        parser.parse_string("data:\n  datasets: []\n  view: pixels\n")
