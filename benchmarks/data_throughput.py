@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--chunk-len", type=int, default=8)
     parser.add_argument("--history-len", type=int, default=8)
     parser.add_argument("--windows-per-episode", type=int, default=4)
-    parser.add_argument("--shuffle-buffer", type=int, default=128)
+    parser.add_argument("--shuffle-buffer", type=int, default=512)
     args = parser.parse_args()
 
     manifest = ensure_dataset(args.data_dir, args.episodes_per_embodiment, args.image_size)

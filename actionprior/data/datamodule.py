@@ -73,11 +73,13 @@ class ActionPriorDataModule(L.LightningDataModule):
         val_fraction: fraction of episodes (by a stable hash of their key) held out for validation.
         normalization: ``quantile`` (1st..99th percentile to [-1, 1]) or ``meanstd``.
         windows_per_episode: windows drawn per decoded episode on average (throughput vs. correlation).
-        shuffle_buffer: decoded episodes held per dataset per worker; windows are drawn from random ones.
-            In the observation view each holds its encoded frames (about 1 MB per 150-step, 2x64x64 episode).
+        shuffle_buffer: windows in each worker's shuffle buffer per dataset: a pool of
+            ``shuffle_buffer / windows_per_episode`` decoded episodes (at most the dataset's episodes) from
+            which windows are drawn at random. The observation view decodes the frames of those windows
+            when an episode enters the pool, so a larger buffer costs start-up time and memory.
         cache_mb: per-worker cache of decoded trajectory shards (trajectory view), so resampled shards are
             not parsed again; 0 disables it.
-        seed: base seed; streams are seeded by (seed, epoch, rank, worker).
+        seed: base seed; streams are seeded by (seed, rank, worker) (validation: its own fixed seed).
         image_size: resize frames to this square size (observation view); None keeps stored size.
         camera_names: cameras in batch order; default: union of the embodiments' cameras.
     """
@@ -95,7 +97,7 @@ class ActionPriorDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         normalization: Literal["quantile", "meanstd"] = "quantile",
         windows_per_episode: int = 4,
-        shuffle_buffer: int = 128,
+        shuffle_buffer: int = 512,
         cache_mb: float = 256.0,
         seed: int = 0,
         image_size: int | None = None,

@@ -205,7 +205,8 @@ class _PoolEpisode:
 class WindowStream(IterableDataset):
     """An endless stream of collated batches (dicts of numpy arrays, see docs/contracts.md).
 
-    Each (rank, worker) keeps, per dataset, a pool of ``shuffle_buffer`` decoded episodes. Every batch
+    Each (rank, worker) keeps, per dataset, a pool of ``shuffle_buffer / windows_per_episode`` decoded
+    episodes (the shuffle buffer holds ``shuffle_buffer`` windows' worth of episodes). Every batch
     element picks a dataset (by mixture weight), a random pool episode and a uniformly random time ``t``
     in it; on average every ``windows_per_episode`` windows drawn from a pool, one pool episode is replaced
     by the next one of the stream. In the trajectory view decoded episodes of whole shards are also
@@ -230,7 +231,7 @@ class WindowStream(IterableDataset):
         history_len: int = 8,
         batch_size: int = 64,
         windows_per_episode: int = 4,
-        shuffle_buffer: int = 128,
+        shuffle_buffer: int = 512,
         cache_mb: float = 256.0,
         seed: int = 0,
         camera_names: Sequence[str] | None = None,
@@ -397,7 +398,8 @@ class WindowStream(IterableDataset):
         cache: dict = {}
         streams = [self._episodes(src, rng.spawn(1)[0], cache) for src in self.sources]
         # A pool larger than the dataset would only hold duplicates (and cost start-up time).
-        sizes = [max(1, min(self.shuffle_buffer, src.num_episodes)) for src in self.sources]
+        pool = max(1, self.shuffle_buffer // self.windows_per_episode)
+        sizes = [min(pool, src.num_episodes) for src in self.sources]
         pools = [[next(stream) for _ in range(n)] for stream, n in zip(streams, sizes, strict=True)]
         debt = np.zeros(len(streams))  # episodes owed to each pool for the windows drawn from it
         while True:
