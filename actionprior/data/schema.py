@@ -60,7 +60,12 @@ class Episode:
                 "must both be [T, D] with the same T"
             )
         for cam, frames in self.frames.items():
-            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != len(self) or frames.shape[3] != 3:
+            if (
+                frames.dtype != np.uint8
+                or frames.ndim != 4
+                or frames.shape[0] != len(self)
+                or frames.shape[3] != 3
+            ):
                 raise DataError(
                     f"episode {self.key}: camera '{cam}' frames must be uint8 [T={len(self)}, H, W, 3], "
                     f"got {frames.dtype} {frames.shape}"

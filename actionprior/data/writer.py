@@ -77,7 +77,9 @@ class DatasetWriter:
     def has_shard(self, name: str) -> bool:
         return any(s["name"] == name for s in self.manifest["shards"])
 
-    def add_shard(self, name: str, episodes: Sequence[Episode], collection: dict[str, Any] | None = None) -> None:
+    def add_shard(
+        self, name: str, episodes: Sequence[Episode], collection: dict[str, Any] | None = None
+    ) -> None:
         """Write one shard pair. ``collection`` records bookkeeping (attempts, failures) for this shard."""
         if self.has_shard(name):
             raise DataError(f"shard '{name}' already exists in {self.dir}")
@@ -139,7 +141,11 @@ def write_stats(directory: str | Path, manifest: dict[str, Any] | None = None) -
     directory = Path(directory)
     manifest = manifest or load_manifest(directory)
     stats = compute_stats(iter_trajectories(directory, manifest))
-    payload = {"schema_version": SCHEMA_VERSION, "fingerprint": stats_fingerprint(stats), "embodiments": stats}
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": stats_fingerprint(stats),
+        "embodiments": stats,
+    }
     _atomic_write_json(directory / STATS_FILE, payload)
     manifest["num_episodes"] = sum(s["num_episodes"] for s in manifest["shards"])
     manifest["num_transitions"] = sum(s["num_transitions"] for s in manifest["shards"])
