@@ -39,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if argv[0] in LIGHTNING_SUBCOMMANDS:
         from actionprior.training.lightning_cli import run
+        from actionprior.training.strategies import StrategyError
 
-        run(argv)
+        try:
+            run(argv)
+        except StrategyError as exc:
+            print(f"actionprior: {exc}", file=sys.stderr)
+            return 2
         return 0
     for path, (module, function, _) in TOOLS.items():
         if tuple(argv[: len(path)]) == path:

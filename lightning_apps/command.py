@@ -93,7 +93,21 @@ class TrainCommand:
 
     @property
     def cluster_config(self) -> str | None:
-        return None if self.strategy is None else f"{CLUSTER_CONFIG_DIR}/{self.strategy}.yaml"
+        strategy = self.strategy
+        if strategy is None and self.stage == 2 and self.gpus > 0 and self.world_size > 1:
+            # Stage 2 skips the auxiliary branch (and the encoder) once lambda reaches 0, which Lightning's
+            # default DDP (find_unused_parameters=False) rejects mid-run; ddp.yaml allows it.
+            if not self._strategy_chosen_in_args():
+                strategy = "ddp"
+        return None if strategy is None else f"{CLUSTER_CONFIG_DIR}/{strategy}.yaml"
+
+    def _strategy_chosen_in_args(self) -> bool:
+        args = list(self.extra_args)
+        if any(a == "--trainer.strategy" or a.startswith("--trainer.strategy=") for a in args):
+            return True
+        configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")]
+        configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+        return any(_strategy_in_config(Path(c)) for c in configs)
 
     def config_files(self) -> list[str]:
         """Every ``-c`` file of the run, in order: stage config, cluster config, then those in ARGS."""

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from actionprior.data.normalization import Normalizer
@@ -94,8 +95,9 @@ def shard_source(
 
 
 def _open_shard(url: str) -> BinaryIO:
-    # One place where shard files are opened (tests record the URLs here).
-    return open(url, "rb")  # noqa: SIM115 - closed by iter_shard
+    # One place where shard files are opened (tests record the URLs here). WebDataset's gopen reads local
+    # paths as well as its stream URLs (``pipe:aws s3 cp s3://bucket/traj-0.tar -``, http(s), ...).
+    return wds.gopen(url, "rb")
 
 
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ class ActionPriorCLI(LightningCLI):
         parser.link_arguments("data.chunk_len", "model.init_args.chunk_len")
         parser.link_arguments("data.embodiments", "model.init_args.embodiments", apply_on="instantiate")
         parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # A CUDA-only strategy on CPU gets one clear message here instead of jsonargparse's union diagnostics.
+        from actionprior.training.strategies import check_strategy_request
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_strategy_request(config.trainer.get("strategy"), config.trainer.get("accelerator"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A Rich progress bar by default, unless the config turns progress bars off (Lightning refuses a
@@ -104,5 +112,6 @@ def run(argv: list[str] | None = None) -> None:
         trainer_defaults=trainer_defaults,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        args=argv,
+        # LightningCLI warns when given args equal to the process's own command line; pass None then.
+        args=None if argv == sys.argv[1:] else argv,
     )

@@ -164,11 +164,31 @@ class VLAModule(L.LightningModule):
             if flag:
                 part.requires_grad_(False)
         self.camera_names = list(camera_names) if camera_names is not None else None
+        # What inference must reproduce of the data pipeline; filled from the DataModule in setup().
+        self.image_size: int | None = None
+        self.history_len: int | None = None
         self.scaler = ActionScaler(self.normalizer, self.registry.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
         self.train_error = EmbodimentActionError(self.registry.names)
         # lambda(k); the ActionPriorTransfer callback sets it before every batch. 0 = no auxiliary branch.
         self.aux_weight: float = 0.0
+
+    def setup(self, stage: str) -> None:
+        # The camera order, image size and history length the model is trained on travel in the checkpoint,
+        # so a Policy rebuilt from it feeds observations exactly as training did.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        cameras = list(datamodule.camera_names)
+        if self.camera_names is None:
+            self.camera_names = cameras
+        elif self.camera_names != cameras:
+            raise ValueError(
+                f"model.camera_names {self.camera_names} differ from the DataModule's cameras {cameras}; "
+                "drop model.init_args.camera_names or set data.camera_names to the same order"
+            )
+        self.image_size = getattr(datamodule, "image_size", None)
+        self.history_len = getattr(datamodule, "history_len", None)
 
     # ------------------------------------------------------------------ steps
     def _check_batch(self, batch: Mapping[str, Any]) -> None:
@@ -288,6 +308,8 @@ class VLAModule(L.LightningModule):
             "head_hidden": h.head_hidden,
             "use_history": h.use_history,
             "camera_names": self.camera_names,
+            "image_size": self.image_size,
+            "history_len": self.history_len,
             "backbone_source": h.backbone,
             "backbone_spec": self.model.backbone.export_spec(),
         }
