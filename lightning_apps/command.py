@@ -94,11 +94,11 @@ class TrainCommand:
     @property
     def cluster_config(self) -> str | None:
         strategy = self.strategy
-        if strategy is None and self.stage == 2 and self.gpus > 0 and self.world_size > 1:
-            # Stage 2 skips the auxiliary branch (and the encoder) once lambda reaches 0, which Lightning's
-            # default DDP (find_unused_parameters=False) rejects mid-run; ddp.yaml allows it.
-            if not self._strategy_chosen_in_args():
-                strategy = "ddp"
+        # Stage 2 skips the auxiliary branch (and the encoder) once lambda reaches 0, which Lightning's
+        # default DDP (find_unused_parameters=False) rejects mid-run; ddp.yaml allows it.
+        multi_gpu_stage2 = self.stage == 2 and self.gpus > 0 and self.world_size > 1
+        if strategy is None and multi_gpu_stage2 and not self._strategy_chosen_in_args():
+            strategy = "ddp"
         return None if strategy is None else f"{CLUSTER_CONFIG_DIR}/{strategy}.yaml"
 
     def _strategy_chosen_in_args(self) -> bool:
