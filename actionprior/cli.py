@@ -15,17 +15,33 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # subcommand path -> (module, function, one-line help)
 TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
-    ("data", "collect"): ("actionprior.sim.collect", "cli_main", "collect scripted-expert demonstrations into shards"),
-    ("data", "check"): ("actionprior.data.check", "cli_main", "validate a dataset; non-zero exit on problems"),
+    ("data", "collect"): (
+        "actionprior.sim.collect",
+        "cli_main",
+        "collect scripted-expert demonstrations into shards",
+    ),
+    ("data", "check"): (
+        "actionprior.data.check",
+        "cli_main",
+        "validate a dataset; non-zero exit on problems",
+    ),
     ("data", "stats"): ("actionprior.data.inspect", "cli_main", "per-embodiment summary of a dataset"),
-    ("eval",): ("actionprior.evaluation.evaluate", "cli_main", "closed-loop evaluation of a checkpoint in simulation"),
+    ("eval",): (
+        "actionprior.evaluation.evaluate",
+        "cli_main",
+        "closed-loop evaluation of a checkpoint in simulation",
+    ),
     ("serve",): ("actionprior.evaluation.server", "cli_main", "serve a checkpoint over websockets"),
     ("demo",): ("actionprior.demo", "cli_main", "the whole pipeline on the embedded CPU defaults"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: actionprior <command> [args]", "", "training (LightningCLI; see `actionprior fit --help`):"]
+    lines = [
+        "usage: actionprior <command> [args]",
+        "",
+        "training (LightningCLI; see `actionprior fit --help`):",
+    ]
     lines += [f"  {name}" for name in LIGHTNING_SUBCOMMANDS]
     lines += ["", "tools:"]
     lines += [f"  {' '.join(path):<14} {help_}" for path, (_, _, help_) in TOOLS.items()]
