@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_encoder import ActionEncoder
 from actionprior.models.embodiment_io import IO_MODES, IOMode
 from actionprior.models.flow_decoder import FlowDecoder
@@ -41,6 +42,17 @@ class ActionPriorConfig:
     flow_beta: float = 1.0
     sample_steps: int = 10
     dropout: float = 0.0
+
+    @classmethod
+    def for_embodiments(cls, registry: EmbodimentRegistry, **architecture: Any) -> ActionPriorConfig:
+        """The config for ``registry``'s robots: I/O dims come from the specs, the rest from ``architecture``."""
+        return cls(
+            max_state_dim=registry.max_state_dim,
+            max_action_dim=registry.max_action_dim,
+            state_dims=registry.state_dims,
+            action_dims=registry.action_dims,
+            **architecture,
+        )
 
     def __post_init__(self) -> None:
         self.state_dims = [int(d) for d in self.state_dims]
@@ -150,4 +162,5 @@ class ActionPrior(nn.Module):
         shape = (b, self.config.chunk_len, self.config.max_action_dim)
         dim_mask = self.decoder.io.action_dim_mask(embodiment_id).to(z.dtype)
         noise = torch.randn(shape, generator=generator, device=z.device, dtype=z.dtype) * dim_mask[:, None, :]
-        return euler_sample(lambda x, t: self.decoder(x, t, z, embodiment_id, step_mask), noise, steps)
+        context = self.decoder.condition(z, embodiment_id, self.config.chunk_len, step_mask)
+        return euler_sample(lambda x, t: self.decoder.velocity(x, t, context), noise, steps)

@@ -9,12 +9,24 @@ the prediction at real steps.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from actionprior.models.embodiment_io import EmbodimentIO, IOMode
 from actionprior.models.transformer import AdaLNFinal, TransformerBlock, sinusoidal_embedding
+
+
+@dataclass
+class DecoderContext:
+    """The per-chunk conditioning of :class:`FlowDecoder` (see :meth:`FlowDecoder.condition`)."""
+
+    embodiment_id: Tensor
+    cond: Tensor  # [B, width]: z and embodiment part of the adaLN conditioning vector
+    prefix: Tensor  # [B, 1, width]: the z token the chunk attends to
+    steps: Tensor  # [H, width]: chunk-step embeddings
+    key_mask: Tensor | None  # [B, 1 + H]: False on padded chunk steps
 
 
 class FlowDecoder(nn.Module):
@@ -53,6 +65,52 @@ class FlowDecoder(nn.Module):
         )
         self.final = AdaLNFinal(width, cond_dim=width)
 
+    def condition(
+        self, z: Tensor, embodiment_id: Tensor, chunk_len: int, step_mask: Tensor | None = None
+    ) -> DecoderContext:
+        """Everything that does not depend on flow time or the noisy chunk: computed once per chunk when
+        sampling, instead of once per Euler step."""
+        b = z.shape[0]
+        if tuple(z.shape) != (b, self.latent_dim):
+            raise ValueError(f"decoder: z must be [{b}, {self.latent_dim}], got {tuple(z.shape)}")
+        self.io.check_ids(embodiment_id)
+        emb = self.io.embodiment_embedding(embodiment_id)
+        steps = self.step_proj(sinusoidal_embedding(torch.arange(chunk_len, device=z.device), self.width))
+        key_mask = None
+        if step_mask is not None:
+            if tuple(step_mask.shape) != (b, chunk_len):
+                raise ValueError(
+                    f"decoder: step_mask must be [{b}, {chunk_len}], got {tuple(step_mask.shape)}"
+                )
+            key_mask = torch.cat(
+                [torch.ones(b, 1, dtype=torch.bool, device=z.device), step_mask.bool()], dim=1
+            )
+        return DecoderContext(
+            embodiment_id=embodiment_id,
+            cond=self.z_cond(z) + emb,
+            prefix=(self.z_token(z) + emb)[:, None, :],
+            steps=steps,
+            key_mask=key_mask,
+        )
+
+    def velocity(self, x_t: Tensor, t: Tensor, ctx: DecoderContext) -> Tensor:
+        """Velocity ``[B, H, A]`` (zero on the embodiment's padded action dims) at noisy chunk ``x_t``."""
+        b, h, a = x_t.shape
+        if a != self.max_action_dim or h != ctx.steps.shape[0] or b != ctx.cond.shape[0]:
+            raise ValueError(
+                f"decoder: x_t must be [{ctx.cond.shape[0]}, {ctx.steps.shape[0]}, {self.max_action_dim}], "
+                f"got {tuple(x_t.shape)}"
+            )
+        if tuple(t.shape) != (b,):
+            raise ValueError(f"decoder: flow time t must be [{b}], got {tuple(t.shape)}")
+        # Flow time in [0, 1] is scaled so that the sinusoid frequencies resolve it (as diffusion steps do).
+        cond = self.time_mlp(sinusoidal_embedding(t * 1000.0, self.width)) + ctx.cond
+        tokens = self.io.embed_action(x_t, ctx.embodiment_id) + ctx.steps
+        x = torch.cat([ctx.prefix, tokens], dim=1)
+        for block in self.blocks:
+            x = block(x, ctx.key_mask, cond)
+        return self.io.project_action(self.final(x[:, 1:], cond), ctx.embodiment_id)
+
     def forward(
         self,
         x_t: Tensor,
@@ -62,28 +120,6 @@ class FlowDecoder(nn.Module):
         step_mask: Tensor | None = None,
     ) -> Tensor:
         """Velocity ``[B, H, A]`` (zero on the embodiment's padded action dims) at noisy chunk ``x_t``."""
-        b, h, a = x_t.shape
-        if a != self.max_action_dim:
+        if x_t.ndim != 3:
             raise ValueError(f"decoder: x_t must be [B, H, {self.max_action_dim}], got {tuple(x_t.shape)}")
-        if tuple(z.shape) != (b, self.latent_dim):
-            raise ValueError(f"decoder: z must be [{b}, {self.latent_dim}], got {tuple(z.shape)}")
-        if tuple(t.shape) != (b,):
-            raise ValueError(f"decoder: flow time t must be [{b}], got {tuple(t.shape)}")
-        self.io.check_ids(embodiment_id)
-        emb = self.io.embodiment_embedding(embodiment_id)
-        # Flow time in [0, 1] is scaled so that the sinusoid frequencies resolve it (as diffusion steps do).
-        cond = self.time_mlp(sinusoidal_embedding(t * 1000.0, self.width)) + self.z_cond(z) + emb
-        steps = self.step_proj(sinusoidal_embedding(torch.arange(h, device=x_t.device), self.width))
-        tokens = self.io.embed_action(x_t, embodiment_id) + steps
-        prefix = (self.z_token(z) + emb)[:, None, :]
-        x = torch.cat([prefix, tokens], dim=1)
-        key_mask = None
-        if step_mask is not None:
-            if tuple(step_mask.shape) != (b, h):
-                raise ValueError(f"decoder: step_mask must be [{b}, {h}], got {tuple(step_mask.shape)}")
-            key_mask = torch.cat(
-                [torch.ones(b, 1, dtype=torch.bool, device=x.device), step_mask.bool()], dim=1
-            )
-        for block in self.blocks:
-            x = block(x, key_mask, cond)
-        return self.io.project_action(self.final(x[:, 1:], cond), embodiment_id)
+        return self.velocity(x_t, t, self.condition(z, embodiment_id, x_t.shape[1], step_mask))

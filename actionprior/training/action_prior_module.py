@@ -14,8 +14,6 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from actionprior.data.normalization import Normalizer
-from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
 from actionprior.training.checkpointing import (
@@ -23,6 +21,7 @@ from actionprior.training.checkpointing import (
     CHECKPOINT_KEY,
     check_compatible,
     checkpoint_payload,
+    data_contract,
     read_payload,
 )
 from actionprior.training.metrics import EmbodimentActionError
@@ -72,24 +71,15 @@ class ActionPriorModule(L.LightningModule):
         normalization: dict | None = None,
     ):
         super().__init__()
-        if embodiments is None or normalization is None:
-            raise ValueError(
-                "ActionPriorModule needs `embodiments` and `normalization` (the CLI links them from the "
-                "DataModule; in Python pass registry.to_dicts() and normalizer.to_dict())"
-            )
         self.save_hyperparameters()
-        self.registry = EmbodimentRegistry.from_dicts(embodiments)
-        self.normalizer = Normalizer.from_dict(normalization, self.registry)
-        config = ActionPriorConfig(
+        self.registry, self.normalizer = data_contract(embodiments, normalization, "ActionPriorModule")
+        config = ActionPriorConfig.for_embodiments(
+            self.registry,
             width=width,
             depth=depth,
             heads=heads,
             latent_dim=latent_dim,
             chunk_len=chunk_len,
-            max_state_dim=self.registry.max_state_dim,
-            max_action_dim=self.registry.max_action_dim,
-            state_dims=self.registry.state_dims,
-            action_dims=self.registry.action_dims,
             io_mode=io_mode,
             use_state=use_state,
             flow_alpha=flow_alpha,

@@ -158,3 +158,16 @@ def load_action_prior(
             f"{path}: weights do not match the stored model config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     return model.eval(), registry, normalizer, config
+
+
+def data_contract(
+    embodiments: list[dict] | None, normalization: dict | None, owner: str
+) -> tuple[EmbodimentRegistry, Normalizer]:
+    """Registry and normaliser from a LightningModule's ``embodiments``/``normalization`` init args."""
+    if embodiments is None or normalization is None:
+        raise ValueError(
+            f"{owner} needs `embodiments` and `normalization` (the CLI links them from the DataModule; "
+            "in Python pass registry.to_dicts() and normalizer.to_dict())"
+        )
+    registry = EmbodimentRegistry.from_dicts(embodiments)
+    return registry, Normalizer.from_dict(normalization, registry)

@@ -36,6 +36,7 @@ from actionprior.training.checkpointing import (
     CHECKPOINT_KEY,
     check_compatible,
     checkpoint_payload,
+    data_contract,
     read_payload,
 )
 from actionprior.training.metrics import EmbodimentActionError
@@ -120,26 +121,17 @@ class VLAModule(L.LightningModule):
         backbone_spec: dict | None = None,
     ):
         super().__init__()
-        if embodiments is None or normalization is None:
-            raise ValueError(
-                "VLAModule needs `embodiments` and `normalization` (the CLI links them from the DataModule; "
-                "in Python pass registry.to_dicts() and normalizer.to_dict())"
-            )
         if history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got '{history_mode}'")
         self.save_hyperparameters(ignore=["backbone_spec"])
-        self.registry = EmbodimentRegistry.from_dicts(embodiments)
-        self.normalizer = Normalizer.from_dict(normalization, self.registry)
-        self.prior_config = ActionPriorConfig(
+        self.registry, self.normalizer = data_contract(embodiments, normalization, "VLAModule")
+        self.prior_config = ActionPriorConfig.for_embodiments(
+            self.registry,
             width=width,
             depth=depth,
             heads=heads,
             latent_dim=latent_dim,
             chunk_len=chunk_len,
-            max_state_dim=self.registry.max_state_dim,
-            max_action_dim=self.registry.max_action_dim,
-            state_dims=self.registry.state_dims,
-            action_dims=self.registry.action_dims,
             io_mode=io_mode,
             use_state=use_state,
             flow_alpha=flow_alpha,
