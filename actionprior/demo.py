@@ -2,14 +2,14 @@
 
 simulated demonstrations -> Stage 1 (action prior) -> Stage 2 (VLA) -> closed-loop evaluation.
 Each stage runs as its own ``actionprior`` process (exactly the command a user would type, printed
-before it runs), so the demo is also a worked example of the CLI. Stages whose output already exists
-are skipped; ``--fresh`` reruns them all.
+before it runs), so the demo is also a worked example of the CLI. An interrupted demo resumes where it
+stopped (collection skips finished shards, training resumes from ``last.ckpt``); ``--fresh`` deletes the
+runs (not the dataset) and starts over.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import subprocess
@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stage2-config", default="configs/stage2.yaml")
     p.add_argument("--stage1-steps", type=int, default=None, help="override trainer.max_steps of Stage 1")
     p.add_argument("--stage2-steps", type=int, default=None, help="override trainer.max_steps of Stage 2")
-    p.add_argument("--fresh", action="store_true", help="rerun every stage even if its output exists")
+    p.add_argument("--fresh", action="store_true", help="delete the runs folder first (the dataset is kept)")
     return p.parse_args(argv)
 
 
@@ -54,92 +54,58 @@ def cli_main(argv: list[str]) -> int:
         shutil.rmtree(runs)
     timings: dict[str, float] = {}
 
-    def stage(name: str, cmd: list[str], done: Path | None) -> None:
+    def stage(name: str, cmd: list[str]) -> None:
         console.rule(f"[bold]{name}")
-        if done is not None and done.exists() and not args.fresh:
-            console.print(f"[green]skipping: {done} exists[/] (use --fresh to rerun)")
-            return
         start = time.perf_counter()
         _run(cmd)
         timings[name] = time.perf_counter() - start
 
+    def fit(config: str, run_dir: Path, steps: int | None, *extra: str) -> list[str]:
+        cmd = _actionprior(
+            "fit", "-c", config, f"--data.datasets=[{{path: {data}}}]",
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}", *extra,
+        )  # fmt: skip
+        if steps:
+            cmd.append(f"--trainer.max_steps={steps}")
+        if (run_dir / "checkpoints" / "last.ckpt").exists():
+            cmd.append("--ckpt_path=last")  # an interrupted demo resumes; a finished stage returns at once
+        return cmd
+
+    # Collection resumes by itself and returns at once when the dataset is complete.
     stage(
         "1/4 simulated demonstrations",
         _actionprior(
-            "data",
-            "collect",
-            "--suite",
-            "sim-default",
-            "--out",
-            str(data),
-            "--episodes-per-task",
-            str(args.episodes_per_task),
-            "--workers",
-            str(args.workers),
+            "data", "collect", "--suite", "sim-default", "--out", str(data),
+            "--episodes-per-task", str(args.episodes_per_task), "--workers", str(args.workers),
         ),
-        None,  # collection resumes by itself and finishes at once when complete
-    )
-    stage1_dir = runs / "stage1"
-    cmd = _actionprior(
-        "fit",
-        "-c",
-        args.stage1_config,
-        f"--data.datasets=[{{path: {data}}}]",
-        f"--trainer.default_root_dir={stage1_dir}",
-        f"--checkpoint_dir={stage1_dir / 'checkpoints'}",
-    )
-    if args.stage1_steps:
-        cmd.append(f"--trainer.max_steps={args.stage1_steps}")
+    )  # fmt: skip
+    stage1_dir, stage2_dir, eval_dir = runs / "stage1", runs / "stage2", runs / "eval"
     stage1_ckpt = stage1_dir / "checkpoints" / "last.ckpt"
-    stage("2/4 Stage 1: action prior", cmd, stage1_ckpt)
-
-    stage2_dir = runs / "stage2"
-    cmd = _actionprior(
-        "fit",
-        "-c",
-        args.stage2_config,
-        f"--data.datasets=[{{path: {data}}}]",
-        f"--trainer.default_root_dir={stage2_dir}",
-        f"--checkpoint_dir={stage2_dir / 'checkpoints'}",
-        f"--stage1_ckpt={stage1_ckpt}",
-    )
-    if args.stage2_steps:
-        cmd.append(f"--trainer.max_steps={args.stage2_steps}")
     stage2_ckpt = stage2_dir / "checkpoints" / "last.ckpt"
-    stage("3/4 Stage 2: VLA", cmd, stage2_ckpt)
-
-    eval_dir = runs / "eval"
+    stage("2/4 Stage 1: action prior", fit(args.stage1_config, stage1_dir, args.stage1_steps))
+    stage(
+        "3/4 Stage 2: VLA",
+        fit(args.stage2_config, stage2_dir, args.stage2_steps, f"--stage1_ckpt={stage1_ckpt}"),
+    )
     stage(
         "4/4 closed-loop evaluation",
         _actionprior(
-            "eval",
-            "--ckpt",
-            str(stage2_ckpt),
-            "--suite",
-            "sim-default",
-            "--episodes-per-task",
-            str(args.eval_episodes_per_task),
-            "--workers",
-            str(args.workers),
-            "--out",
-            str(eval_dir),
+            "eval", "--ckpt", str(stage2_ckpt), "--suite", "sim-default",
+            "--episodes-per-task", str(args.eval_episodes_per_task), "--workers", str(args.workers),
+            "--out", str(eval_dir),
         ),
-        None,
-    )
+    )  # fmt: skip
 
     console.rule("[bold]done")
-    table = Table(title="stage wall-clock")
+    table = Table(title="wall-clock per stage")
     table.add_column("stage")
     table.add_column("minutes", justify="right")
     for name, seconds in timings.items():
         table.add_row(name, f"{seconds / 60:.1f}")
     table.add_row("total", f"{sum(timings.values()) / 60:.1f}", style="bold")
     console.print(table)
-    report = eval_dir / "report.json"
-    if report.exists():
-        summary = json.loads(report.read_text()).get("overall", {})
-        console.print(f"overall success: {summary}")
     console.print(
-        f"curves: tensorboard --logdir {runs}   videos and report: {eval_dir}   checkpoints: {stage2_ckpt.parent}"
+        f"curves: tensorboard --logdir {runs}\nrollout videos, success chart and report: {eval_dir}\n"
+        f"checkpoints: {stage1_ckpt.parent} and {stage2_ckpt.parent}"
     )
     return 0
