@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,17 @@ import numpy as np
 from actionprior.embodiments import EmbodimentSpec
 from actionprior.sim.base import CameraRenderer, SimEnv, SimError, camera_map, ensure_gl_backend
 from actionprior.sim.suite import TaskEntry
+
+# robosuite logs INFO lines for every controller it loads, and warnings about optional robots, IK solvers
+# (robosuite_models, mink) and a private macro file that the default suite does not use. Keep the rest.
+_OPTIONAL_EXTRAS = ("robosuite_models", "mink-based whole-body IK", "private macro file", "setup_macros.py")
+
+
+def _quiet_robosuite(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING and not any(x in record.getMessage() for x in _OPTIONAL_EXTRAS)
+
+
+logging.getLogger("robosuite_logs").addFilter(_quiet_robosuite)
 
 
 def controller_config(robot: str, controller: dict[str, Any]) -> dict[str, Any]:
