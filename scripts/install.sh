@@ -24,4 +24,4 @@ PYTHON=${PYTHON:-python3}
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch is pinned with == in pyproject.toml: a looser range would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q -e ".[sim,dev]"
-"$VENV/bin/python" -c "import torch, lightning, transformers, webdataset, robosuite, metaworld; print('actionprior environment ready: torch', torch.__version__)"
+"$VENV/bin/python" -c "import torch, lightning, transformers, webdataset, metaworld, actionprior.sim.robosuite_env, robosuite; print('actionprior environment ready: torch', torch.__version__)"
