@@ -12,7 +12,7 @@ EPISODES ?= 20
 WORKERS ?= 2
 ARGS ?=
 
-.PHONY: help install test test-fast lint format demo collect stage1 stage2 eval bench clean-runs
+.PHONY: help install test test-fast lint format demo collect stage1 stage2 eval bench reproduce clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ eval: install  ## closed-loop evaluation (CKPT=path)
 bench: install  ## throughput and latency benchmarks (figures, not tests)
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/inference_latency.py
+
+reproduce: install  ## the paper's ablation table on sim-default (no prior / action-only / action-state / + history)
+	$(PY) benchmarks/ablations.py --data $(DATA) $(ARGS)
 
 clean-runs:  ## delete training runs (not datasets)
 	rm -rf runs lightning_logs
