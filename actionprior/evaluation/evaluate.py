@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--baseline", choices=["random"], help="a reference policy instead of a checkpoint")
     p.add_argument("--suite", default="sim-default", help="suite name (configs/suites/) or YAML path")
     p.add_argument(
-        "--only", nargs="*", default=None, help="restrict to entries 'embodiment/task' or 'embodiment'"
+        "--only",
+        action="extend",
+        nargs="+",
+        default=None,
+        metavar="EMBODIMENT[/TASK]",
+        help="evaluate only these suite entries (several after one flag, or the flag repeated)",
     )
     p.add_argument("--episodes-per-task", type=int, default=10)
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (0 = in this process)")

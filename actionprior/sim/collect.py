@@ -381,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--only",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="EMBODIMENT[/TASK]",
-        help="collect only these suite entries (repeatable)",
+        help="collect only these suite entries (several after one flag, or the flag repeated)",
     )
     return p
 
