@@ -12,9 +12,7 @@ Each run is a subprocess in its own session with a timeout: a hang kills the pro
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import Callback
+from processes import run_or_fail_on_hang
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240
@@ -93,23 +92,7 @@ def _launch(stage: int, launcher_args: list[str], train_args: list[str], env_ext
         "--",
         *train_args,
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"distributed run hung for {TIMEOUT_S} s and was killed:\n{out[-3000:]}")
-    assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{out[-4000:]}"
-    return out
+    return run_or_fail_on_hang(cmd, TIMEOUT_S, REPO, env, "distributed run")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from processes import run_or_fail_on_hang
 
 from actionprior.data.synthetic import write_synthetic_dataset
 
@@ -77,22 +76,9 @@ def test_ddp_with_uneven_shards_completes_epochs(tmp_path: Path) -> None:
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(data), str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    run_or_fail_on_hang(
+        [sys.executable, str(script), str(data), str(tmp_path)], TIMEOUT_S, tmp_path, env, "DDP run"
     )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"DDP run hung for {TIMEOUT_S} s and was killed:\n{out[-3000:]}")
-    assert proc.returncode == 0, out[-4000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["step"] == r1["step"] == 10  # 2 epochs x 5 batches on each rank
     assert len(r0["train"]) == len(r1["train"]) == 10
