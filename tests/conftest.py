@@ -16,6 +16,11 @@ import pytest
 
 from actionprior.data.schema import Episode
 from actionprior.data.synthetic import write_synthetic_dataset
+from actionprior.sim.base import ensure_gl_backend
+
+# Headless rendering must be chosen before any test module imports mujoco (metaworld and robosuite do),
+# so that a bare `pytest` behaves like `make test`.
+ensure_gl_backend()
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageSequence
 
 from actionprior.cli import main as actionprior
 
@@ -60,4 +62,12 @@ def test_collect_train_both_stages_then_evaluate_in_closed_loop(tmp_path) -> Non
     assert report["overall"]["episodes"] == 2
     assert {(r["embodiment"], r["task"]) for r in report["per_task"]} == {tuple(t.split("/")) for t in TASKS}
     assert all(e["steps"] >= 1 for e in report["episodes"])
-    assert len(list((out / "videos").glob("*.gif"))) == 2
+    videos = sorted((out / "videos").glob("*.gif"))
+    assert len(videos) == 2
+    for video in videos:  # rendered scenes of a moving robot, not blank canvases
+        with Image.open(video) as gif:
+            frames = np.stack(
+                [np.asarray(f.convert("RGB"), dtype=np.float32) for f in ImageSequence.Iterator(gif)]
+            )
+        assert 20 < frames.mean() < 235 and frames.std() > 15
+        assert np.abs(np.diff(frames, axis=0)).mean() > 0.1
