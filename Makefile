@@ -10,6 +10,7 @@ GPUS ?= 0
 DATA ?= data_shards/sim-default
 EPISODES ?= 20
 WORKERS ?= 2
+STAGE1_CKPT ?= runs/stage1/checkpoints/last.ckpt
 ARGS ?=
 
 .PHONY: help install test test-fast lint format demo collect stage1 stage2 eval bench reproduce clean-runs
@@ -46,8 +47,8 @@ collect: install  ## collect the default simulated dataset (EPISODES per task)
 stage1: install  ## train the action prior (NODES=.. GPUS=.. DRY_RUN=1 ARGS="--trainer.max_steps 100")
 	$(PY) -m lightning_apps.launch --stage 1 --nodes $(NODES) --gpus $(GPUS) $(if $(DRY_RUN),--dry-run) -- $(ARGS)
 
-stage2: install  ## train the VLA on the Stage 1 prior (ARGS="--stage1_ckpt runs/stage1/checkpoints/last.ckpt")
-	$(PY) -m lightning_apps.launch --stage 2 --nodes $(NODES) --gpus $(GPUS) $(if $(DRY_RUN),--dry-run) -- $(ARGS)
+stage2: install  ## train the VLA on the Stage 1 prior (STAGE1_CKPT=..; baseline: STAGE1_CKPT= ARGS="-c configs/ablations/no_prior.yaml")
+	$(PY) -m lightning_apps.launch --stage 2 --nodes $(NODES) --gpus $(GPUS) $(if $(DRY_RUN),--dry-run) -- $(if $(STAGE1_CKPT),--stage1_ckpt $(STAGE1_CKPT)) $(ARGS)
 
 eval: install  ## closed-loop evaluation (CKPT=path)
 	$(VENV)/bin/actionprior eval --ckpt $(CKPT) --suite sim-default --episodes-per-task $(EPISODES) --workers $(WORKERS)

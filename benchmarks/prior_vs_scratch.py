@@ -36,8 +36,9 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 def fit(args: argparse.Namespace, name: str, stage1_ckpt: str | None) -> dict[str, list[float]]:
     run_dir = args.out / name
+    baseline = [] if stage1_ckpt else ["-c", "configs/ablations/no_prior.yaml"]
     cmd = [
-        sys.executable, "-m", "actionprior.cli", "fit", "-c", args.config,
+        sys.executable, "-m", "actionprior.cli", "fit", "-c", args.config, *baseline,
         f"--data.datasets=[{{path: {args.data}}}]",
         f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
         f"--trainer.max_steps={args.steps}", "--trainer.log_every_n_steps=1",

@@ -128,6 +128,7 @@ def test_stage2_two_process_ddp_keeps_replicas_identical(dataset: Path, tmp_path
     action encoder gets no gradient: configs/cluster/ddp.yaml must cope with that."""
     run, probe = tmp_path / "run", tmp_path / "probe"
     args = [*_tiny_args(dataset, run, probe, max_steps=2), "--model.init_args.head_hidden", "16"]
+    args = ["-c", "configs/ablations/no_prior.yaml", *args]
     out = _launch(
         2,
         ["--nodes", "1", "--gpus", "0", "--cpu-processes", "2", "--strategy", "ddp"],

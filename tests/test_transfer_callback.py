@@ -77,6 +77,23 @@ def test_no_checkpoint_is_the_no_prior_baseline():
     assert callback.aux_weight(0) == 0.0
 
 
+class _FreshTrainer:
+    ckpt_path = None
+    global_step = 0
+
+
+def test_prior_and_baseline_must_each_be_asked_for(tmp_path):
+    module = VLAModule(**module_kwargs())
+    with pytest.raises(ValueError, match="no checkpoint was given: pass --stage1_ckpt"):
+        ActionPriorTransfer().on_fit_start(_FreshTrainer(), module)
+    baseline = ActionPriorTransfer(stage1_ckpt=str(tmp_path / "s1.ckpt"), baseline_no_prior=True)
+    with pytest.raises(ValueError, match="no-prior baseline was configured .* but a Stage 1 checkpoint"):
+        baseline.on_fit_start(_FreshTrainer(), module)
+    baseline = ActionPriorTransfer(baseline_no_prior=True)
+    baseline.on_fit_start(_FreshTrainer(), module)
+    assert module.aux_weight == 0.0 and baseline.loaded_from is None
+
+
 def test_load_anneal_and_resume_without_reload(tmp_path):
     stage1 = _stage1(tmp_path / "s1.ckpt")
     s1 = {f"{k}": v for k, v in stage1.model.state_dict().items() if k.startswith(("encoder.", "decoder."))}

@@ -45,16 +45,22 @@ class ActionPriorTransfer(Callback):
     """Loads the Stage 1 prior into a :class:`~actionprior.training.vla_module.VLAModule` and anneals lambda.
 
     Args:
-        stage1_ckpt: the Stage 1 checkpoint (``--stage1_ckpt`` on the CLI sets it). None = no-prior baseline.
+        stage1_ckpt: the Stage 1 checkpoint (``--stage1_ckpt`` on the CLI sets it).
         decay_steps: N_decay, the optimizer step at which lambda reaches 0 (paper: 5000).
+        baseline_no_prior: the paper's no-prior baseline (decoder from scratch, lambda = 0). Explicit on purpose:
+            a forgotten ``--stage1_ckpt`` must not silently turn a prior run into the baseline, and a baseline
+            run must not silently load a prior.
     """
 
-    def __init__(self, stage1_ckpt: str | None = None, decay_steps: int = 5000):
+    def __init__(
+        self, stage1_ckpt: str | None = None, decay_steps: int = 5000, baseline_no_prior: bool = False
+    ):
         super().__init__()
         if decay_steps < 1:
             raise ValueError(f"ActionPriorTransfer: decay_steps must be >= 1, got {decay_steps}")
         self.stage1_ckpt = stage1_ckpt
         self.decay_steps = decay_steps
+        self.baseline_no_prior = baseline_no_prior
         self.loaded_from: str | None = None  # the Stage 1 checkpoint whose weights this run started from
 
     @property
@@ -73,11 +79,22 @@ class ActionPriorTransfer(Callback):
                 trainer.ckpt_path,
                 self.loaded_from,
             )
+        elif self.baseline_no_prior:
+            if self.stage1_ckpt:
+                raise ValueError(
+                    f"ActionPriorTransfer: the no-prior baseline was configured (baseline_no_prior: true) but a "
+                    f"Stage 1 checkpoint was given ({self.stage1_ckpt}); drop --stage1_ckpt or the baseline config"
+                )
+            log.info("ActionPriorTransfer: no-prior baseline: decoder from scratch, lambda = 0")
         elif self.stage1_ckpt:
             self.load_into(pl_module, self.stage1_ckpt)
             self.loaded_from = str(self.stage1_ckpt)
         else:
-            log.info("ActionPriorTransfer: no Stage 1 checkpoint -> no-prior baseline (lambda = 0)")
+            raise ValueError(
+                "ActionPriorTransfer: Stage 2 starts from the Stage 1 action prior, but no checkpoint was given: "
+                "pass --stage1_ckpt PATH (`make stage1` writes runs/stage1/checkpoints/last.ckpt), or train the "
+                "no-prior baseline with -c configs/ablations/no_prior.yaml"
+            )
         pl_module.aux_weight = self.aux_weight(trainer.global_step)
 
     def on_train_batch_start(
