@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from actionprior.data.schema import (
     episode_to_samples,
 )
 from actionprior.data.stats import compute_stats, stats_fingerprint
+from actionprior.data.tario import iter_tar_samples
 from actionprior.embodiments import EmbodimentRegistry
 
 
@@ -123,17 +123,11 @@ class DatasetWriter:
 
 
 def iter_trajectories(directory: Path, manifest: dict[str, Any]) -> Iterable[tuple[str, Any, Any]]:
+    """``(embodiment, state, action)`` of every episode the manifest lists, read from the trajectory shards."""
     for shard in manifest["shards"]:
         path = directory / shard["traj"]
-        with tarfile.open(path) as tar:
-            fields: dict[str, dict[str, bytes]] = {}
-            for member in tar:
-                key, _, field = member.name.partition(".")
-                extracted = tar.extractfile(member)
-                if extracted is not None:
-                    fields.setdefault(key, {})[field] = extracted.read()
-        for key, sample in fields.items():
-            state, action, meta = decode_trajectory(sample, f"{path}:{key}")
+        for sample in iter_tar_samples(path.read_bytes(), str(path)):
+            state, action, meta = decode_trajectory(sample, f"{path}:{sample['__key__']}")
             yield meta["embodiment"], state, action
 
 
