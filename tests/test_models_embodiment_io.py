@@ -41,6 +41,23 @@ def test_padded_input_dims_do_not_leak(shared):
     assert torch.allclose(layer(x, eid), layer(garbage, eid))
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_gathered_weights_equal_the_layer(shared):
+    """What the sampler applies at every flow step (weights gathered once) is the layer itself."""
+    torch.manual_seed(0)
+    layer = EmbodimentLinear(3, 5, 6, in_dims=IN_DIMS, out_dims=OUT_DIMS, shared=shared)
+    with torch.no_grad():  # non-zero bias everywhere, so bias masking is exercised too
+        layer.bias.uniform_(0.5, 1.0)
+    eid = torch.tensor([2, 0, 1, 0])
+    x = _masked_input(eid, IN_DIMS, 5)
+    gathered = layer.gather(eid)
+    assert gathered.weight.shape == (4, 5, 6) and gathered.bias.shape == (4, 1, 6)
+    y = gathered(x)
+    assert torch.allclose(y, layer(x, eid), atol=1e-6)
+    for i, e in enumerate(eid.tolist()):
+        assert torch.all(y[i, :, OUT_DIMS[e] :] == 0), "padded output dims must be exactly zero"
+
+
 def test_padded_mode_shares_one_projection():
     io = EmbodimentIO([3, 5], [2, 4], 5, 4, width=8, io_mode="padded", action_out=True)
     assert io.state_in.weight.shape == (1, 5, 8)

@@ -68,10 +68,10 @@ def test_masked_mse_names_bad_shapes():
 
 def test_euler_integrates_exactly_for_constant_and_linear_velocity():
     noise, target = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
-    x1 = euler_sample(lambda x, t: target_velocity(noise, target), noise, steps=7)
+    x1 = euler_sample(lambda x, t, i: target_velocity(noise, target), noise, steps=7)
     assert torch.allclose(x1, target, atol=1e-5)
     # dx/dt = t: Euler with N steps gives sum_i (i/N)(1/N) = (N - 1) / (2N)
-    out = euler_sample(lambda x, t: t[:, None, None].expand_as(x), torch.zeros(2, 1, 1), steps=10)
+    out = euler_sample(lambda x, t, i: t[:, None, None].expand_as(x), torch.zeros(2, 1, 1), steps=10)
     assert torch.allclose(out, torch.full_like(out, 9 / 20))
     with pytest.raises(ValueError, match="at least one step"):
-        euler_sample(lambda x, t: x, noise, steps=0)
+        euler_sample(lambda x, t, i: x, noise, steps=0)

@@ -18,6 +18,7 @@ from actionprior.models.embodiment_io import IO_MODES, IOMode
 from actionprior.models.flow_decoder import FlowDecoder
 from actionprior.models.flow_matching import (
     euler_sample,
+    euler_times,
     interpolate,
     masked_mse,
     sample_flow_time,
@@ -163,4 +164,6 @@ class ActionPrior(nn.Module):
         dim_mask = self.decoder.io.action_dim_mask(embodiment_id).to(z.dtype)
         noise = torch.randn(shape, generator=generator, device=z.device, dtype=z.dtype) * dim_mask[:, None, :]
         context = self.decoder.condition(z, embodiment_id, self.config.chunk_len, step_mask)
-        return euler_sample(lambda x, t: self.decoder.velocity(x, t, context), noise, steps)
+        times = euler_times(steps, z.device).to(z.dtype)
+        plan = self.decoder.step_conditioning(times[:, None].expand(steps, b), context)
+        return euler_sample(lambda x, t, i: self.decoder.velocity_at(x, context, plan[i]), noise, steps)

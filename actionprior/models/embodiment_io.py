@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,21 @@ IO_MODES = ("projection", "padded")
 def dim_masks(dims: Sequence[int], max_dim: int) -> Tensor:
     """Bool ``[E, max_dim]``: True on the first ``dims[e]`` entries of row ``e``."""
     return torch.arange(max_dim)[None, :] < torch.as_tensor(list(dims))[:, None]
+
+
+class GatheredLinear(NamedTuple):
+    """The masked per-sample weights of an :class:`EmbodimentLinear` for one batch of embodiment ids.
+
+    Gathering and masking the stacked weights costs more than the product itself at small widths, so a
+    sampler that applies the same layer at every flow step gathers once per chunk.
+    """
+
+    weight: Tensor  # [B, in, out], zero on padded input rows and output columns
+    bias: Tensor  # [B, 1, out], zero on padded output dims
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x`` ``[B, T, in]`` -> ``[B, T, out]``; padded input dims are ignored, padded outputs are 0."""
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
 class EmbodimentLinear(nn.Module):
@@ -76,6 +91,13 @@ class EmbodimentLinear(nn.Module):
 
     def _weight_mask(self) -> Tensor:
         return (self.in_mask[:, :, None] & self.out_mask[:, None, :]).to(self.weight.dtype)
+
+    def gather(self, embodiment_id: Tensor) -> GatheredLinear:
+        """The masked weights of each sample's embodiment (see :class:`GatheredLinear`)."""
+        mask = (self.in_mask[:, :, None] & self.out_mask[:, None, :]).to(self.weight.dtype)[embodiment_id]
+        weight = self.weight[0] if self.shared else self.weight[embodiment_id]
+        bias = self.bias[0] if self.shared else self.bias[embodiment_id]
+        return GatheredLinear(weight * mask, (bias * self.out_mask[embodiment_id].to(bias.dtype))[:, None, :])
 
     def forward(self, x: Tensor, embodiment_id: Tensor) -> Tensor:
         """``x`` ``[B, ..., in_features]`` -> ``[B, ..., out_features]``, zero on padded output dims."""

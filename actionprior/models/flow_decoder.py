@@ -4,6 +4,11 @@ Conditioning enters twice: a vector ``c = time_mlp(t) + z_proj(z) + embodiment_e
 block through adaLN, and ``z`` (plus the embodiment embedding) is also a prefix token that the chunk tokens
 attend to. Padded chunk steps are removed from attention as keys, so their (noise) values cannot change
 the prediction at real steps.
+
+Sampling splits the work by what it depends on: :meth:`FlowDecoder.condition` (z, embodiment: once per
+chunk), :meth:`FlowDecoder.step_conditioning` (flow time: all Euler steps in one batched call) and
+:meth:`FlowDecoder.velocity_at` (the noisy chunk: once per step). Training calls :meth:`forward`, which
+chains the three and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from actionprior.models.embodiment_io import EmbodimentIO, IOMode
-from actionprior.models.transformer import AdaLNFinal, TransformerBlock, sinusoidal_embedding
+from actionprior.models.embodiment_io import EmbodimentIO, GatheredLinear, IOMode
+from actionprior.models.transformer import AdaLNFinal, Modulation, TransformerBlock, sinusoidal_embedding
 
 
 @dataclass
@@ -27,6 +32,22 @@ class DecoderContext:
     prefix: Tensor  # [B, 1, width]: the z token the chunk attends to
     steps: Tensor  # [H, width]: chunk-step embeddings
     key_mask: Tensor | None  # [B, 1 + H]: False on padded chunk steps
+    action_in: GatheredLinear  # this batch's embodiment projections, gathered once per chunk
+    action_out: GatheredLinear
+
+
+@dataclass
+class StepConditioning:
+    """The adaLN modulation of every block for one flow time (or, stacked on a leading dim, for several)."""
+
+    blocks: list[Modulation]
+    final: tuple[Tensor, Tensor]
+
+    def __getitem__(self, i: int) -> StepConditioning:
+        """Step ``i`` of a conditioning computed for stacked flow times ``[S, B]``."""
+        return StepConditioning(
+            [Modulation(*(m[i] for m in block)) for block in self.blocks], (self.final[0][i], self.final[1][i])
+        )
 
 
 class FlowDecoder(nn.Module):
@@ -85,13 +106,33 @@ class FlowDecoder(nn.Module):
             key_mask = torch.cat(
                 [torch.ones(b, 1, dtype=torch.bool, device=z.device), step_mask.bool()], dim=1
             )
+        assert self.io.action_in is not None and self.io.action_out is not None
         return DecoderContext(
             embodiment_id=embodiment_id,
             cond=self.z_cond(z) + emb,
             prefix=(self.z_token(z) + emb)[:, None, :],
             steps=steps,
             key_mask=key_mask,
+            action_in=self.io.action_in.gather(embodiment_id),
+            action_out=self.io.action_out.gather(embodiment_id),
         )
+
+    def step_conditioning(self, t: Tensor, ctx: DecoderContext) -> StepConditioning:
+        """adaLN modulation for flow times ``t``: ``[B]`` (one step) or ``[S, B]`` (``S`` steps at once)."""
+        b = ctx.cond.shape[0]
+        if t.ndim not in (1, 2) or t.shape[-1] != b:
+            raise ValueError(f"decoder: flow time t must be [{b}] or [steps, {b}], got {tuple(t.shape)}")
+        # Flow time in [0, 1] is scaled so that the sinusoid frequencies resolve it (as diffusion steps do).
+        cond = self.time_mlp(sinusoidal_embedding(t * 1000.0, self.width)) + ctx.cond
+        return StepConditioning([block.modulate(cond) for block in self.blocks], self.final.modulate(cond))
+
+    def velocity_at(self, x_t: Tensor, ctx: DecoderContext, step: StepConditioning) -> Tensor:
+        """Velocity ``[B, H, A]`` at noisy chunk ``x_t`` for an already computed time conditioning."""
+        tokens = ctx.action_in(x_t) + ctx.steps
+        x = torch.cat([ctx.prefix, tokens], dim=1)
+        for block, modulation in zip(self.blocks, step.blocks, strict=True):
+            x = block(x, ctx.key_mask, modulation=modulation)
+        return ctx.action_out(self.final(x[:, 1:], modulation=step.final))
 
     def velocity(self, x_t: Tensor, t: Tensor, ctx: DecoderContext) -> Tensor:
         """Velocity ``[B, H, A]`` (zero on the embodiment's padded action dims) at noisy chunk ``x_t``."""
@@ -103,13 +144,7 @@ class FlowDecoder(nn.Module):
             )
         if tuple(t.shape) != (b,):
             raise ValueError(f"decoder: flow time t must be [{b}], got {tuple(t.shape)}")
-        # Flow time in [0, 1] is scaled so that the sinusoid frequencies resolve it (as diffusion steps do).
-        cond = self.time_mlp(sinusoidal_embedding(t * 1000.0, self.width)) + ctx.cond
-        tokens = self.io.embed_action(x_t, ctx.embodiment_id) + ctx.steps
-        x = torch.cat([ctx.prefix, tokens], dim=1)
-        for block in self.blocks:
-            x = block(x, ctx.key_mask, cond)
-        return self.io.project_action(self.final(x[:, 1:], cond), ctx.embodiment_id)
+        return self.velocity_at(x_t, ctx, self.step_conditioning(t, ctx))
 
     def forward(
         self,

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-VelocityFn = Callable[[Tensor, Tensor], Tensor]
+# velocity_fn(x, t, i): the velocity at ``x`` and flow time ``t`` ``[B]``, the ``i``-th of ``euler_times``.
+VelocityFn = Callable[[Tensor, Tensor, int], Tensor]
 
 
 def _standard_gamma(concentration: float, n: int, generator: torch.Generator | None, device) -> Tensor:
@@ -96,16 +97,22 @@ def masked_mse(pred: Tensor, target: Tensor, step_mask: Tensor, dim_mask: Tensor
     return sq.sum() / mask.sum().clamp_min(1.0)
 
 
-def euler_sample(velocity_fn: VelocityFn, noise: Tensor, steps: int) -> Tensor:
-    """Integrate ``dx/dt = velocity_fn(x, t)`` from ``t = 0`` (``noise``) to ``t = 1`` in ``steps`` steps.
-
-    ``velocity_fn`` receives ``x`` and a ``[B]`` tensor of the current time.
-    """
+def euler_times(steps: int, device: torch.device | str | None = None) -> Tensor:
+    """The flow times ``[steps]`` at which :func:`euler_sample` evaluates the velocity: ``i / steps``."""
     if steps < 1:
         raise ValueError(f"euler_sample needs at least one step, got {steps}")
+    return torch.arange(steps, device=device, dtype=torch.float32) / steps
+
+
+def euler_sample(velocity_fn: VelocityFn, noise: Tensor, steps: int) -> Tensor:
+    """Integrate ``dx/dt = velocity_fn(x, t, i)`` from ``t = 0`` (``noise``) to ``t = 1`` in ``steps`` steps.
+
+    ``velocity_fn`` receives ``x``, a ``[B]`` tensor of the current time and the step index ``i`` (so a
+    caller can precompute everything that depends on time only for all of :func:`euler_times` at once).
+    """
+    times = euler_times(steps, noise.device).to(noise.dtype)
     x = noise
     dt = 1.0 / steps
     for i in range(steps):
-        t = torch.full((x.shape[0],), i * dt, device=x.device, dtype=x.dtype)
-        x = x + dt * velocity_fn(x, t)
+        x = torch.add(x, velocity_fn(x, times[i].expand(x.shape[0]), i), alpha=dt)
     return x

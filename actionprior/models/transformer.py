@@ -9,6 +9,7 @@ adaLN-Zero): each block starts as the identity, which keeps early flow-matching 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,29 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, n, w))
 
 
+class Modulation(NamedTuple):
+    """adaLN parameters of one conditioned block, each ``[..., B, 1, width]`` (``scale`` already ``1 + scale``)."""
+
+    shift1: Tensor
+    scale1: Tensor
+    gate1: Tensor
+    shift2: Tensor
+    scale2: Tensor
+    gate2: Tensor
+
+
+def _split_modulation(params: Tensor, parts: int) -> list[Tensor]:
+    """``[..., B, parts * width]`` -> ``parts`` tensors ``[..., B, 1, width]``."""
+    return list(params.unsqueeze(-2).chunk(parts, dim=-1))
+
+
 class TransformerBlock(nn.Module):
-    """Pre-norm attention + MLP; adaLN-Zero conditioning on a ``[B, cond_dim]`` vector when ``cond_dim`` is set."""
+    """Pre-norm attention + MLP; adaLN-Zero conditioning on a ``[B, cond_dim]`` vector when ``cond_dim`` is set.
+
+    ``modulate(cond)`` and ``forward(x, mask, modulation=...)`` are split so that a sampler can compute the
+    conditioning of every flow-matching step in one batched call (it only depends on flow time and ``z``),
+    leaving the per-step work to the token path.
+    """
 
     def __init__(
         self,
@@ -74,17 +96,32 @@ class TransformerBlock(nn.Module):
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        if self.conditioned:
+    def modulate(self, cond: Tensor) -> Modulation:
+        """adaLN parameters for conditioning vectors ``[..., B, cond_dim]``."""
+        if not self.conditioned:
+            raise ValueError("this TransformerBlock is not conditioned (built without cond_dim)")
+        shift1, scale1, gate1, shift2, scale2, gate2 = _split_modulation(self.modulation(cond), 6)
+        return Modulation(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)
+
+    def forward(
+        self,
+        x: Tensor,
+        key_mask: Tensor | None = None,
+        cond: Tensor | None = None,
+        modulation: Modulation | None = None,
+    ) -> Tensor:
+        if not self.conditioned:
+            x = x + self.drop(self.attn(self.norm1(x), key_mask))
+            return x + self.drop(self.mlp(self.norm2(x)))
+        if modulation is None:
             if cond is None:
-                raise ValueError("this TransformerBlock is conditioned: pass cond [B, cond_dim]")
-            shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None, :].chunk(6, dim=-1)
-            h = self.norm1(x) * (1 + scale1) + shift1
-            x = x + gate1 * self.drop(self.attn(h, key_mask))
-            h = self.norm2(x) * (1 + scale2) + shift2
-            return x + gate2 * self.drop(self.mlp(h))
-        x = x + self.drop(self.attn(self.norm1(x), key_mask))
-        return x + self.drop(self.mlp(self.norm2(x)))
+                raise ValueError("this TransformerBlock is conditioned: pass cond [B, cond_dim] or modulation")
+            modulation = self.modulate(cond)
+        m = modulation
+        h = torch.addcmul(m.shift1, self.norm1(x), m.scale1)
+        x = torch.addcmul(x, m.gate1, self.drop(self.attn(h, key_mask)))
+        h = torch.addcmul(m.shift2, self.norm2(x), m.scale2)
+        return torch.addcmul(x, m.gate2, self.drop(self.mlp(h)))
 
 
 class AdaLNFinal(nn.Module):
@@ -97,6 +134,17 @@ class AdaLNFinal(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        shift, scale = self.modulation(cond)[:, None, :].chunk(2, dim=-1)
-        return self.norm(x) * (1 + scale) + shift
+    def modulate(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """``(shift, 1 + scale)``, each ``[..., B, 1, width]``."""
+        shift, scale = _split_modulation(self.modulation(cond), 2)
+        return shift, 1 + scale
+
+    def forward(
+        self, x: Tensor, cond: Tensor | None = None, modulation: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        if modulation is None:
+            if cond is None:
+                raise ValueError("AdaLNFinal: pass cond [B, cond_dim] or modulation")
+            modulation = self.modulate(cond)
+        shift, scale = modulation
+        return torch.addcmul(shift, self.norm(x), scale)
