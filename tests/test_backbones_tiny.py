@@ -8,7 +8,7 @@ import torch
 from test_vla_fixtures import loader, make_batch, module_kwargs
 
 from actionprior.models.tiny_backbones import save_tiny_backbone
-from actionprior.models.vlm_backbone import VLMBackbone, pick_attn_implementation
+from actionprior.models.vlm_backbone import VLMBackbone, frames_per_sample, pick_attn_implementation
 from actionprior.training.vla_module import VLAModule
 
 KINDS = ("qwen3_vl", "qwen2_5_vl", "smolvlm")
@@ -44,6 +44,32 @@ def test_extra_tokens_see_the_image_and_the_instruction():
         other_text = bb(batch["images"], batch["camera_mask"], ["wipe the table", "lift"], extra)
         other_img = bb(255 - batch["images"], batch["camera_mask"], batch["instruction"], extra)
     assert not torch.allclose(base, other_text) and not torch.allclose(base, other_img)
+
+
+@pytest.mark.parametrize(("kind", "size"), [("qwen3_vl", 64), ("qwen2_5_vl", 56)])
+def test_qwen_tensor_preprocessing_equals_the_image_processor(kind, size):
+    """Frames already at the processor's size skip PIL: same pixel values, grid and token blocks."""
+    adapter = VLMBackbone.from_pretrained(f"tiny:{kind}").adapter
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 2, 3, size, size), dtype=torch.uint8, generator=g)
+    mask = torch.tensor([[True, True], [False, True], [True, False]])
+    assert adapter.tensor_path_applies(size, size)
+    pixels, blocks = adapter.preprocess(images, mask)
+    reference = adapter.image_processor(images=frames_per_sample(images, mask), return_tensors="pt")
+    torch.testing.assert_close(pixels["pixel_values"], reference["pixel_values"], atol=1e-5, rtol=0)
+    assert torch.equal(pixels["image_grid_thw"], reference["image_grid_thw"])
+    assert [len(b) for b in blocks] == [2, 1, 1]
+
+
+def test_qwen_frames_that_need_resizing_go_through_the_image_processor():
+    adapter = VLMBackbone.from_pretrained("tiny:qwen2_5_vl").adapter  # 14 px patches: 64 px resizes to 56
+    images = torch.randint(0, 256, (1, 1, 3, 64, 64), dtype=torch.uint8)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    assert not adapter.tensor_path_applies(64, 64)
+    pixels, _ = adapter.preprocess(images, mask)
+    reference = adapter.image_processor(images=frames_per_sample(images, mask), return_tensors="pt")
+    assert torch.equal(pixels["pixel_values"], reference["pixel_values"])
+    assert pixels["image_grid_thw"].tolist() == [[1, 4, 4]]
 
 
 def test_unknown_tiny_family_and_bad_shapes_are_refused():

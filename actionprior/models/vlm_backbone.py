@@ -16,7 +16,10 @@ image placement and (Qwen) multimodal RoPE, and works for any model that embeds 
 extra model inputs) lives in a small :class:`FamilyAdapter` per family.
 
 Image preprocessing uses the family's image processor class (PIL backend: the torchvision backend
-needs torchvision, which is not usable with this torch) on CPU inside ``forward``.
+needs torchvision, which is not usable with this torch) on CPU inside ``forward``. For the Qwen families,
+frames that are already at the processor's target size (the usual case: the data pipeline resizes to
+``image_size``) are rescaled, normalised and patchified as tensors on the model's device instead; the
+result is the processor's, to float rounding (tested), at a fraction of the cost (no PIL round trip).
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ def pick_attn_implementation(requested: str = "auto") -> str:
     return "sdpa"
 
 
+def frames_per_sample(images: torch.Tensor, camera_mask: torch.Tensor) -> list[list[np.ndarray]]:
+    """``images [B, C, 3, h, w]`` uint8 -> per sample, its present frames as HWC numpy, in camera order."""
+    frames = images.permute(0, 1, 3, 4, 2).cpu().numpy()
+    present = camera_mask.cpu().numpy().astype(bool)
+    return [[frames[b, c] for c in range(frames.shape[1]) if present[b, c]] for b in range(frames.shape[0])]
+
+
 class FamilyAdapter:
     """How one architecture family lays out image tokens and which extra inputs its forward needs."""
 
@@ -56,11 +66,12 @@ class FamilyAdapter:
         self.image_processor = image_processor
 
     def preprocess(
-        self, images: list[list[np.ndarray]]
+        self, images: torch.Tensor, camera_mask: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], list[list[list[int]]]]:
-        """``images[b]`` = the present frames (HWC uint8) of sample b, in camera order.
+        """``images [B, C, 3, h, w]`` uint8 and ``camera_mask [B, C]`` (False = camera absent).
 
-        Returns the pixel inputs for the model and, per sample and image, the image block's token ids.
+        Returns the pixel inputs for the model and, per sample and present image (in camera order), the
+        image block's token ids.
         """
         raise NotImplementedError
 
@@ -71,25 +82,60 @@ class FamilyAdapter:
 class QwenVLAdapter(FamilyAdapter):
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: ``<|vision_start|> <|image_pad|> x N <|vision_end|>`` per image."""
 
-    def preprocess(self, images):
-        flat = [img for sample in images for img in sample]
-        if not flat:
-            return {}, [[] for _ in images]
-        out = self.image_processor(images=flat, return_tensors="pt")
-        grid = out["image_grid_thw"]
+    def preprocess(self, images, camera_mask):
+        per_sample = camera_mask.sum(dim=1).tolist()
+        if not sum(per_sample):
+            return {}, [[] for _ in per_sample]
+        if self.tensor_path_applies(images.shape[-2], images.shape[-1]):
+            pixel_values, grid = self.patchify(images[camera_mask.bool()])
+        else:
+            out = self.image_processor(images=frames_per_sample(images, camera_mask), return_tensors="pt")
+            pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
         merge = self.image_processor.merge_size
         counts = (grid.prod(-1) // (merge * merge)).tolist()
         c = self.config
         blocks, i = [], 0
-        for sample in images:
+        for n in per_sample:
             blocks.append(
                 [
                     [c.vision_start_token_id] + [c.image_token_id] * counts[i + j] + [c.vision_end_token_id]
-                    for j in range(len(sample))
+                    for j in range(n)
                 ]
             )
-            i += len(sample)
-        return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}, blocks
+            i += n
+        return {"pixel_values": pixel_values, "image_grid_thw": grid}, blocks
+
+    def tensor_path_applies(self, height: int, width: int) -> bool:
+        """True when the image processor would leave ``height x width`` frames unresized and RGB."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        proc = self.image_processor
+        if not (proc.do_rescale and proc.do_normalize):
+            return False
+        if not proc.do_resize:
+            return True
+        factor = proc.patch_size * proc.merge_size
+        size = proc.size
+        target = smart_resize(height, width, factor, size["shortest_edge"], size["longest_edge"])
+        return target == (height, width)
+
+    def patchify(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``frames [N, 3, h, w]`` uint8 -> (``pixel_values [N * gh * gw, 3 * T * p * p]``, ``grid [N, 3]``).
+
+        The layout of the processor's ``patchify``: patches in merge-window order, each patch's pixels
+        repeated over the temporal patch (a still image is a clip of identical frames).
+        """
+        proc = self.image_processor
+        n, ch, h, w = frames.shape
+        p, m, tp = proc.patch_size, proc.merge_size, proc.temporal_patch_size
+        gh, gw = h // p, w // p
+        mean = torch.tensor(proc.image_mean, device=frames.device).view(1, ch, 1, 1)
+        std = torch.tensor(proc.image_std, device=frames.device).view(1, ch, 1, 1)
+        x = (frames.float() * proc.rescale_factor - mean) / std
+        x = x.view(n, ch, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        x = x.unsqueeze(-3).expand(*x.shape[:-2], tp, p, p)  # [N, gh/m, gw/m, m, m, C, T, p, p]
+        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
+        return x.reshape(n * gh * gw, ch * tp * p * p), grid
 
     def extra_inputs(self, input_ids, attention_mask):
         # Multimodal RoPE needs to know which positions are image tokens (text 0, image 1).
@@ -99,7 +145,8 @@ class QwenVLAdapter(FamilyAdapter):
 class SmolVLMAdapter(FamilyAdapter):
     """SmolVLM / Idefics3 without image splitting: ``<fake><global-img><image> x N <fake>`` per image."""
 
-    def preprocess(self, images):
+    def preprocess(self, images, camera_mask):
+        images = frames_per_sample(images, camera_mask)
         if any(len(sample) == 0 for sample in images):
             raise ValueError("SmolVLM backbone: every sample needs at least one present camera (camera_mask)")
         out = self.image_processor(images=images, return_tensors="pt")
@@ -263,10 +310,7 @@ class VLMBackbone(nn.Module):
                 f"batch mismatch: images {tuple(images.shape)}, camera_mask {tuple(camera_mask.shape)}, "
                 f"{len(instructions)} instructions"
             )
-        frames = images.permute(0, 1, 3, 4, 2).cpu().numpy()  # [B, C, h, w, 3] for the image processor
-        present = camera_mask.cpu().numpy().astype(bool)
-        per_sample = [[frames[b, c] for c in range(frames.shape[1]) if present[b, c]] for b in range(bsz)]
-        pixel_inputs, blocks = self.adapter.preprocess(per_sample)
+        pixel_inputs, blocks = self.adapter.preprocess(images, camera_mask)
         text_ids = self.tokenizer(list(instructions), add_special_tokens=False)["input_ids"]
         rows = [
             [t for block in blocks[b] for t in block] + list(text_ids[b]) + [self._placeholder_id] * num_extra
