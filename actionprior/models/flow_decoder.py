@@ -46,7 +46,8 @@ class StepConditioning:
     def __getitem__(self, i: int) -> StepConditioning:
         """Step ``i`` of a conditioning computed for stacked flow times ``[S, B]``."""
         return StepConditioning(
-            [Modulation(*(m[i] for m in block)) for block in self.blocks], (self.final[0][i], self.final[1][i])
+            [Modulation(*(m[i] for m in block)) for block in self.blocks],
+            (self.final[0][i], self.final[1][i]),
         )
 
 

@@ -115,7 +115,9 @@ class TransformerBlock(nn.Module):
             return x + self.drop(self.mlp(self.norm2(x)))
         if modulation is None:
             if cond is None:
-                raise ValueError("this TransformerBlock is conditioned: pass cond [B, cond_dim] or modulation")
+                raise ValueError(
+                    "this TransformerBlock is conditioned: pass cond [B, cond_dim] or modulation"
+                )
             modulation = self.modulate(cond)
         m = modulation
         h = torch.addcmul(m.shift1, self.norm1(x), m.scale1)
