@@ -61,6 +61,26 @@ def test_qwen_tensor_preprocessing_equals_the_image_processor(kind, size):
     assert [len(b) for b in blocks] == [2, 1, 1]
 
 
+@pytest.mark.parametrize("kind", ["qwen3_vl", "qwen2_5_vl"])
+def test_qwen_rope_positions_are_the_models_own_and_computed_once_per_layout(kind):
+    bb = VLMBackbone.from_pretrained(f"tiny:{kind}")
+    calls = []
+    compute = bb.adapter._get_rope_index
+    bb.adapter._get_rope_index = lambda *a, **k: calls.append(1) or compute(*a, **k)
+    batch = make_batch(2)
+    inputs = bb.build_inputs(batch["images"], batch["camera_mask"], batch["instruction"], 2)
+    assert inputs["position_ids"].shape == (3, 2, inputs["input_ids"].shape[1])
+    model_computes = {k: v for k, v in inputs.items() if k != "position_ids"}
+    with torch.no_grad():
+        ours = bb.model(**inputs).last_hidden_state
+        theirs = bb.model(**model_computes).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+    again = bb.build_inputs(batch["images"], batch["camera_mask"], batch["instruction"], 2)
+    assert torch.equal(again["position_ids"], inputs["position_ids"]) and len(calls) == 1
+    other = bb.build_inputs(batch["images"], batch["camera_mask"], ["open the drawer", "lift"], 2)
+    assert len(calls) == 2 and other["position_ids"].shape[-1] == other["input_ids"].shape[1]
+
+
 def test_qwen_frames_that_need_resizing_go_through_the_image_processor():
     adapter = VLMBackbone.from_pretrained("tiny:qwen2_5_vl").adapter  # 14 px patches: 64 px resizes to 56
     images = torch.randint(0, 256, (1, 1, 3, 64, 64), dtype=torch.uint8)

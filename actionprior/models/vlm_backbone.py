@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,25 @@ class FamilyAdapter:
         """
         raise NotImplementedError
 
-    def extra_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Family-specific model inputs derived from ``input_ids``, ``attention_mask`` and the pixel inputs."""
         return {}
 
 
 class QwenVLAdapter(FamilyAdapter):
-    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: ``<|vision_start|> <|image_pad|> x N <|vision_end|>`` per image."""
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: ``<|vision_start|> <|image_pad|> x N <|vision_end|>`` per image.
+
+    The multimodal RoPE positions depend only on the token layout (ids, padding, image grids), which is
+    the same at every step of an episode, so they are computed by the model's own ``get_rope_index`` once
+    per layout and remembered (a Python loop over tokens, ~10 % of a tiny backbone's forward on CPU).
+    """
+
+    ROPE_CACHE_SIZE = 256
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any):
+        super().__init__(model, tokenizer, image_processor)
+        self._get_rope_index = model.get_rope_index
+        self._rope_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def preprocess(self, images, camera_mask):
         per_sample = camera_mask.sum(dim=1).tolist()
@@ -137,9 +151,30 @@ class QwenVLAdapter(FamilyAdapter):
         grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
         return x.reshape(n * gh * gw, ch * tp * p * p), grid
 
-    def extra_inputs(self, input_ids, attention_mask):
+    def extra_inputs(self, inputs):
         # Multimodal RoPE needs to know which positions are image tokens (text 0, image 1).
-        return {"mm_token_type_ids": (input_ids == self.config.image_token_id).int()}
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        token_types = (ids == self.config.image_token_id).int()
+        out = {"mm_token_type_ids": token_types}
+        grid = inputs.get("image_grid_thw")
+        if grid is not None:
+            out["position_ids"] = self.rope_positions(ids, token_types, grid, mask)
+        return out
+
+    def rope_positions(
+        self, ids: torch.Tensor, token_types: torch.Tensor, grid: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``get_rope_index``'s position ids ``[3, B, L]`` for this layout (CPU tensors), remembered."""
+        key = tuple(t.shape for t in (ids, grid)) + tuple(t.numpy().tobytes() for t in (ids, grid, mask))
+        positions = self._rope_cache.get(key)
+        if positions is None:
+            positions, _ = self._get_rope_index(ids, token_types, image_grid_thw=grid, attention_mask=mask)
+            self._rope_cache[key] = positions
+            if len(self._rope_cache) > self.ROPE_CACHE_SIZE:
+                self._rope_cache.popitem(last=False)
+        else:
+            self._rope_cache.move_to_end(key)
+        return positions
 
 
 class SmolVLMAdapter(FamilyAdapter):
@@ -162,9 +197,9 @@ class SmolVLMAdapter(FamilyAdapter):
             "pixel_attention_mask": out["pixel_attention_mask"],
         }, blocks
 
-    def extra_inputs(self, input_ids, attention_mask):
+    def extra_inputs(self, inputs):
         # Left padding: positions count real tokens only, so the same prompt gets the same positions.
-        return {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+        return {"position_ids": (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)}
 
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {
@@ -328,7 +363,7 @@ class VLMBackbone(nn.Module):
                 raise ValueError(f"extra_mask must be [{bsz}, {num_extra}], got {tuple(extra_mask.shape)}")
             attention_mask[:, width - num_extra :] = extra_mask.to(torch.long).cpu()
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **pixel_inputs}
-        inputs.update(self.adapter.extra_inputs(input_ids, attention_mask))
+        inputs.update(self.adapter.extra_inputs(inputs))
         return inputs
 
     def forward(
