@@ -111,8 +111,8 @@ class TransformerBlock(nn.Module):
         modulation: Modulation | None = None,
     ) -> Tensor:
         if not self.conditioned:
-            x = x + self.drop(self.attn(self.norm1(x), key_mask))
-            return x + self.drop(self.mlp(self.norm2(x)))
+            x = x + self._dropout(self.attn(self.norm1(x), key_mask))
+            return x + self._dropout(self.mlp(self.norm2(x)))
         if modulation is None:
             if cond is None:
                 raise ValueError(
@@ -121,9 +121,13 @@ class TransformerBlock(nn.Module):
             modulation = self.modulate(cond)
         m = modulation
         h = torch.addcmul(m.shift1, self.norm1(x), m.scale1)
-        x = torch.addcmul(x, m.gate1, self.drop(self.attn(h, key_mask)))
+        x = torch.addcmul(x, m.gate1, self._dropout(self.attn(h, key_mask)))
         h = torch.addcmul(m.shift2, self.norm2(x), m.scale2)
-        return torch.addcmul(x, m.gate2, self.drop(self.mlp(h)))
+        return torch.addcmul(x, m.gate2, self._dropout(self.mlp(h)))
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        # Skipping the no-op module call matters when sampling runs this block at every flow step.
+        return self.drop(x) if self.training and self.drop.p > 0 else x
 
 
 class AdaLNFinal(nn.Module):
