@@ -10,8 +10,13 @@ the query tokens to ``z'`` (``backbone``), and integrate the flow decoder for N 
     .venv/bin/python benchmarks/inference_latency.py --use-history --sampling-steps 5 10 --json out.json
 
 Without ``--ckpt`` the model is the one ``--config`` (default configs/stage2.yaml, the tiny CPU default)
-describes, with random weights (latency does not depend on them), over configs/embodiments.
+describes, with random weights (latency does not depend on them), over configs/embodiments. Without
+``--sampling-steps`` the decoder runs the model's configured number of Euler steps.
 Use ``--threads 1`` figures: on a shared 2-core machine, 2 intra-op threads were ~10x slower (measured).
+
+A shared (virtualised) CPU changes speed from minute to minute, by up to ~1.5x on the machine this was
+written on. Every run therefore also times a fixed reference matrix product (``host GFLOP/s``, before and
+after): compare latencies between runs only together with it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,17 @@ def default_policy(
         chunk_len=module.prior_config.chunk_len,
         history_len=history_len if init.get("use_history") else 0,
     )
+
+
+def host_gflops(seconds: float = 0.5) -> float:
+    """Single-thread throughput of a decoder-sized matrix product ([17, 128] x [128, 512]), GFLOP/s."""
+    a, b = torch.randn(17, 128), torch.randn(128, 512)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(100):
+            a @ b
+        n += 100
+    return 2 * 17 * 128 * 512 * n / (time.perf_counter() - t0) / 1e9
 
 
 def observation(policy: Policy, embodiment: str, seed: int = 0) -> dict[str, Any]:
@@ -181,7 +197,9 @@ def main() -> None:
         help="override model.use_history",
     )
     p.add_argument("--embodiment", default=None, help="default: the first one the policy knows")
-    p.add_argument("--sampling-steps", type=int, nargs="+", default=[10])
+    p.add_argument(
+        "--sampling-steps", type=int, nargs="+", default=None, help="default: the model's sample_steps"
+    )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
@@ -204,6 +222,9 @@ def main() -> None:
         f"{source}: {embodiment}, {len(policy.obs_spec.cameras_for(embodiment))} cameras at "
         f"{args.image_size}px, chunk {policy.chunk_len}, history {policy.history_len}, params {n_params}"
     )
+    steps_list = args.sampling_steps or [policy.model.prior.config.sample_steps]
+    torch.set_num_threads(1)
+    speed_before = host_gflops()
     table = Table(title="latency per chunk, ms: wall median / p90 | thread CPU median")
     table.add_column("threads")
     table.add_column("steps")
@@ -212,7 +233,7 @@ def main() -> None:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for steps in args.sampling_steps:
+        for steps in steps_list:
             res = measure(policy, embodiment, steps, args.iters, args.warmup)
             rows.append({"threads": threads, "sampling_steps": steps, **res})
             table.add_row(
@@ -223,8 +244,11 @@ def main() -> None:
                     for p in PARTS
                 ),
             )
+    torch.set_num_threads(1)
+    speed = (speed_before, host_gflops())
     console.print(table)
     console.print(f"per action with replan_every = chunk ({policy.chunk_len}): total / {policy.chunk_len}")
+    console.print(f"host GFLOP/s (reference matmul, 1 thread) before / after: {speed[0]:.1f} / {speed[1]:.1f}")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -233,6 +257,7 @@ def main() -> None:
                     "embodiment": embodiment,
                     "params": n_params,
                     "image_size": args.image_size,
+                    "host_gflops": speed,
                     "rows": rows,
                 },
                 indent=2,
