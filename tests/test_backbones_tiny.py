@@ -79,6 +79,9 @@ def test_qwen_rope_positions_are_the_models_own_and_computed_once_per_layout(kin
     assert torch.equal(again["position_ids"], inputs["position_ids"]) and len(calls) == 1
     other = bb.build_inputs(batch["images"], batch["camera_mask"], ["open the drawer", "lift"], 2)
     assert len(calls) == 2 and other["position_ids"].shape[-1] == other["input_ids"].shape[1]
+    with torch.inference_mode():  # what a policy runs in; a later training step must be able to reuse it
+        bb.build_inputs(batch["images"], batch["camera_mask"], ["push the puck", "lift"], 2)
+    assert not any(torch.is_inference(p) for p in bb.adapter._rope_cache.values())
 
 
 def test_qwen_frames_that_need_resizing_go_through_the_image_processor():

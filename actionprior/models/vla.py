@@ -194,7 +194,7 @@ class VLA(nn.Module):
         return VLALoss(total, pred, align, recon, z_pred.detach(), pred_none)
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
+    @torch.inference_mode()  # not just no_grad: skips autograd bookkeeping per op (~10 % of a CPU chunk)
     def sample_actions(
         self,
         batch: Mapping[str, Any],

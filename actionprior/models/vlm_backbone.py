@@ -168,7 +168,11 @@ class QwenVLAdapter(FamilyAdapter):
         key = tuple(t.shape for t in (ids, grid)) + tuple(t.numpy().tobytes() for t in (ids, grid, mask))
         positions = self._rope_cache.get(key)
         if positions is None:
-            positions, _ = self._get_rope_index(ids, token_types, image_grid_thw=grid, attention_mask=mask)
+            # A remembered tensor must stay usable by a training step after an inference-mode call.
+            with torch.inference_mode(False):
+                positions, _ = self._get_rope_index(
+                    ids.clone(), token_types.clone(), image_grid_thw=grid.clone(), attention_mask=mask.clone()
+                )
             self._rope_cache[key] = positions
             if len(self._rope_cache) > self.ROPE_CACHE_SIZE:
                 self._rope_cache.popitem(last=False)
