@@ -15,8 +15,10 @@ describes, with random weights (latency does not depend on them), over configs/e
 Use ``--threads 1`` figures: on a shared 2-core machine, 2 intra-op threads were ~10x slower (measured).
 
 A shared (virtualised) CPU changes speed from minute to minute, by up to ~1.5x on the machine this was
-written on. Every run therefore also times a fixed reference matrix product (``host GFLOP/s``, before and
-after): compare latencies between runs only together with it.
+written on, and mostly in per-operator overhead (a tiny model's latency is dominated by it), not in
+matrix-product throughput. Every run therefore also measures the host before and after: the time of one
+small tensor operation (``dispatch us``) and a decoder-sized matrix product (``GFLOP/s``). Compare
+latencies between runs only together with them.
 """
 
 from __future__ import annotations
@@ -81,15 +83,22 @@ def default_policy(
     )
 
 
-def host_gflops(seconds: float = 0.5) -> float:
-    """Single-thread throughput of a decoder-sized matrix product ([17, 128] x [128, 512]), GFLOP/s."""
-    a, b = torch.randn(17, 128), torch.randn(128, 512)
+def _per_call_s(fn: Callable[[], Any], seconds: float) -> float:
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(100):
-            a @ b
+            fn()
         n += 100
-    return 2 * 17 * 128 * 512 * n / (time.perf_counter() - t0) / 1e9
+    return (time.perf_counter() - t0) / n
+
+
+def host_speed(seconds: float = 0.5) -> dict[str, float]:
+    """One thread: microseconds per small tensor op, and GFLOP/s of a [17, 128] x [128, 512] product."""
+    x, a, b = torch.randn(17, 128), torch.randn(17, 128), torch.randn(128, 512)
+    return {
+        "dispatch_us": _per_call_s(lambda: x.add(x), seconds) * 1e6,
+        "gflops": 2 * 17 * 128 * 512 / _per_call_s(lambda: a @ b, seconds) / 1e9,
+    }
 
 
 def observation(policy: Policy, embodiment: str, seed: int = 0) -> dict[str, Any]:
@@ -141,7 +150,7 @@ class Timer:
         }
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as VLA.sample_actions, which Policy.act runs
 def measure(
     policy: Policy, embodiment: str, steps: int, iters: int, warmup: int
 ) -> dict[str, dict[str, float]]:
@@ -224,7 +233,7 @@ def main() -> None:
     )
     steps_list = args.sampling_steps or [policy.model.prior.config.sample_steps]
     torch.set_num_threads(1)
-    speed_before = host_gflops()
+    speed_before = host_speed()
     table = Table(title="latency per chunk, ms: wall median / p90 | thread CPU median")
     table.add_column("threads")
     table.add_column("steps")
@@ -245,10 +254,14 @@ def main() -> None:
                 ),
             )
     torch.set_num_threads(1)
-    speed = (speed_before, host_gflops())
+    speed = (speed_before, host_speed())
     console.print(table)
     console.print(f"per action with replan_every = chunk ({policy.chunk_len}): total / {policy.chunk_len}")
-    console.print(f"host GFLOP/s (reference matmul, 1 thread) before / after: {speed[0]:.1f} / {speed[1]:.1f}")
+    console.print(
+        "host, 1 thread, before / after: dispatch "
+        f"{speed[0]['dispatch_us']:.2f} / {speed[1]['dispatch_us']:.2f} us per small op, matmul "
+        f"{speed[0]['gflops']:.1f} / {speed[1]['gflops']:.1f} GFLOP/s"
+    )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -257,7 +270,7 @@ def main() -> None:
                     "embodiment": embodiment,
                     "params": n_params,
                     "image_size": args.image_size,
-                    "host_gflops": speed,
+                    "host": {"before": speed[0], "after": speed[1]},
                     "rows": rows,
                 },
                 indent=2,
