@@ -41,7 +41,7 @@ class ActionPriorConfig:
     use_state: bool = True
     flow_alpha: float = 1.5
     flow_beta: float = 1.0
-    sample_steps: int = 10
+    sample_steps: int = 5
     dropout: float = 0.0
 
     @classmethod

@@ -59,7 +59,7 @@ class ActionPriorModule(L.LightningModule):
         use_state: bool = True,
         flow_alpha: float = 1.5,
         flow_beta: float = 1.0,
-        sample_steps: int = 10,
+        sample_steps: int = 5,
         dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,

@@ -102,7 +102,7 @@ class VLAModule(L.LightningModule):
         use_state: bool = True,
         flow_alpha: float = 1.5,
         flow_beta: float = 1.0,
-        sample_steps: int = 10,
+        sample_steps: int = 5,
         dropout: float = 0.0,
         lr: float = 3e-4,
         lr_backbone: float = 1e-4,
