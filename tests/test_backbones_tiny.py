@@ -62,7 +62,7 @@ def test_qwen_tensor_preprocessing_equals_the_image_processor(kind, size):
 
 
 @pytest.mark.parametrize("kind", ["qwen3_vl", "qwen2_5_vl"])
-def test_qwen_rope_positions_are_the_models_own_and_computed_once_per_layout(kind):
+def test_qwen_layout_tensors_are_the_models_own_and_computed_once_per_layout(kind):
     bb = VLMBackbone.from_pretrained(f"tiny:{kind}")
     calls = []
     compute = bb.adapter._get_rope_index
@@ -70,7 +70,13 @@ def test_qwen_rope_positions_are_the_models_own_and_computed_once_per_layout(kin
     batch = make_batch(2)
     inputs = bb.build_inputs(batch["images"], batch["camera_mask"], batch["instruction"], 2)
     assert inputs["position_ids"].shape == (3, 2, inputs["input_ids"].shape[1])
-    model_computes = {k: v for k, v in inputs.items() if k != "position_ids"}
+    # Qwen3-VL also gets the vision tower's geometry precomputed (image_* kwargs).
+    assert any(k.startswith("image_") and k != "image_grid_thw" for k in inputs) == (kind == "qwen3_vl")
+    model_computes = {
+        k: v
+        for k, v in inputs.items()
+        if k == "image_grid_thw" or not k.startswith(("position_ids", "image_"))
+    }
     with torch.no_grad():
         ours = bb.model(**inputs).last_hidden_state
         theirs = bb.model(**model_computes).last_hidden_state
@@ -79,9 +85,14 @@ def test_qwen_rope_positions_are_the_models_own_and_computed_once_per_layout(kin
     assert torch.equal(again["position_ids"], inputs["position_ids"]) and len(calls) == 1
     other = bb.build_inputs(batch["images"], batch["camera_mask"], ["open the drawer", "lift"], 2)
     assert len(calls) == 2 and other["position_ids"].shape[-1] == other["input_ids"].shape[1]
-    with torch.inference_mode():  # what a policy runs in; a later training step must be able to reuse it
-        bb.build_inputs(batch["images"], batch["camera_mask"], ["push the puck", "lift"], 2)
-    assert not any(torch.is_inference(p) for p in bb.adapter._rope_cache.values())
+    # What a policy runs in; a training step must then be able to reuse what was remembered (backward).
+    extra = torch.randn(2, 2, 64, requires_grad=True)
+    bb.adapter.layout_cache.clear()
+    with torch.inference_mode():
+        bb(batch["images"], batch["camera_mask"], ["push the puck", "lift"], extra.detach())
+    bb(batch["images"], batch["camera_mask"], ["push the puck", "lift"], extra).sum().backward()
+    assert extra.grad is not None and extra.grad.abs().sum() > 0
+    assert any(p.grad is not None for p in bb.model.visual.parameters())
 
 
 def test_qwen_frames_that_need_resizing_go_through_the_image_processor():

@@ -28,7 +28,7 @@ import importlib.util
 import logging
 import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +81,53 @@ class FamilyAdapter:
         return {}
 
 
+class LayoutCache:
+    """A small LRU of tensors that depend only on a batch's layout (token ids, padding, image grids).
+
+    Such tensors are the same at every step of an episode, and for every batch with the same
+    instructions and cameras in training, so they are computed once. They are computed outside inference
+    mode: a tensor remembered during a policy's inference-mode call must stay usable in a later training
+    step (inference tensors cannot be saved for backward).
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+
+    @staticmethod
+    def key(*tensors: torch.Tensor) -> tuple:
+        return tuple((tuple(t.shape), t.cpu().numpy().tobytes()) for t in tensors)
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        with torch.inference_mode(False):
+            value = compute()
+        self._items[key] = value
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class QwenVLAdapter(FamilyAdapter):
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: ``<|vision_start|> <|image_pad|> x N <|vision_end|>`` per image.
 
-    The multimodal RoPE positions depend only on the token layout (ids, padding, image grids), which is
-    the same at every step of an episode, so they are computed by the model's own ``get_rope_index`` once
-    per layout and remembered (a Python loop over tokens, ~10 % of a tiny backbone's forward on CPU).
+    The multimodal RoPE positions depend only on the token layout, so the model's own ``get_rope_index``
+    runs once per layout (:class:`LayoutCache`; a Python loop over tokens, ~1 ms of a tiny backbone's
+    forward on CPU) and the positions are passed to the model.
     """
-
-    ROPE_CACHE_SIZE = 256
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any):
         super().__init__(model, tokenizer, image_processor)
         self._get_rope_index = model.get_rope_index
-        self._rope_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.layout_cache = LayoutCache()
 
     def preprocess(self, images, camera_mask):
         per_sample = camera_mask.sum(dim=1).tolist()
@@ -165,20 +198,59 @@ class QwenVLAdapter(FamilyAdapter):
         self, ids: torch.Tensor, token_types: torch.Tensor, grid: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """``get_rope_index``'s position ids ``[3, B, L]`` for this layout (CPU tensors), remembered."""
-        key = tuple(t.shape for t in (ids, grid)) + tuple(t.numpy().tobytes() for t in (ids, grid, mask))
-        positions = self._rope_cache.get(key)
-        if positions is None:
-            # A remembered tensor must stay usable by a training step after an inference-mode call.
-            with torch.inference_mode(False):
-                positions, _ = self._get_rope_index(
-                    ids.clone(), token_types.clone(), image_grid_thw=grid.clone(), attention_mask=mask.clone()
-                )
-            self._rope_cache[key] = positions
-            if len(self._rope_cache) > self.ROPE_CACHE_SIZE:
-                self._rope_cache.popitem(last=False)
-        else:
-            self._rope_cache.move_to_end(key)
-        return positions
+
+        def compute() -> torch.Tensor:
+            positions, _ = self._get_rope_index(
+                ids.clone(), token_types.clone(), image_grid_thw=grid.clone(), attention_mask=mask.clone()
+            )
+            return positions
+
+        return self.layout_cache.get(("rope",) + LayoutCache.key(ids, grid, mask), compute)
+
+
+class Qwen3VLAdapter(QwenVLAdapter):
+    """Qwen3-VL: the vision tower's geometry (position-embedding interpolation taps, rotary positions,
+    attention boundaries) depends only on the image grids too; it is computed once per grid with the
+    vision tower's own helpers and passed through the model's ``image_*`` precomputed-kwargs interface.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any):
+        super().__init__(model, tokenizer, image_processor)
+        self._visual = model.visual
+
+    def extra_inputs(self, inputs):
+        out = super().extra_inputs(inputs)
+        grid = inputs.get("image_grid_thw")
+        if grid is not None:
+            out.update(
+                self.layout_cache.get(("vision",) + LayoutCache.key(grid), lambda: self._geometry(grid))
+            )
+        return out
+
+    def _geometry(self, grid: torch.Tensor) -> dict[str, Any]:
+        from transformers.vision_utils import (
+            get_vision_attention_seqlens,
+            get_vision_interpolation_indices_and_weights,
+            get_vision_position_ids,
+        )
+
+        v = self._visual
+        grid = grid.clone()
+        indices, weights = get_vision_interpolation_indices_and_weights(
+            grid,
+            num_grid_per_side=v.num_grid_per_side,
+            mode=v.interpolation_mode,
+            align_corners=v.interpolation_align_corners,
+            spatial_merge_size=v.config.spatial_merge_size,
+        )
+        cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid, v.config)
+        return {
+            "image_interp_indices": indices,
+            "image_interp_weights": weights,
+            "image_position_ids": get_vision_position_ids(grid, v.spatial_merge_size),
+            "image_cu_seqlens": cu_seqlens,
+            "image_max_seqlen": max_seqlen,
+        }
 
 
 class SmolVLMAdapter(FamilyAdapter):
@@ -209,7 +281,7 @@ class SmolVLMAdapter(FamilyAdapter):
 ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "qwen2_vl": QwenVLAdapter,
     "qwen2_5_vl": QwenVLAdapter,
-    "qwen3_vl": QwenVLAdapter,
+    "qwen3_vl": Qwen3VLAdapter,
     "smolvlm": SmolVLMAdapter,
     "idefics3": SmolVLMAdapter,
 }
@@ -335,7 +407,7 @@ class VLMBackbone(nn.Module):
         instructions: Sequence[str],
         num_extra: int,
         extra_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Model inputs (ids, mask, pixels, family extras) with ``num_extra`` placeholders at the end.
 
         ``extra_mask [B, E]`` False hides an extra token from attention (and from position counting),
@@ -385,7 +457,7 @@ class VLMBackbone(nn.Module):
             )
         device = extra_embeds.device
         inputs = self.build_inputs(images, camera_mask, instructions, extra_embeds.shape[1], extra_mask)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         self._pending_extra = extra_embeds
