@@ -43,19 +43,30 @@ PARTS = ("batch", "history", "backbone", "decoder", "total", "act")
 
 
 def default_policy(
-    config: Path, image_size: int, use_history: bool | None, history_len: int | None
+    config: Path,
+    stage1_config: Path,
+    image_size: int,
+    use_history: bool | None,
+    history_len: int | None,
 ) -> Policy:
-    """The model of a Stage 2 config file (``model.init_args`` + ``data.chunk_len``), random weights."""
+    """The model of a Stage 2 config file (``model.init_args`` + ``data.chunk_len``, the action prior's
+    settings from the Stage 1 config), random weights."""
     import yaml
 
     from actionprior.data.normalization import Normalizer
     from actionprior.data.stats import compute_stats
     from actionprior.data.streaming import default_camera_names
     from actionprior.embodiments import EmbodimentRegistry
+    from actionprior.training.checkpointing import PRIOR_SETTINGS
     from actionprior.training.vla_module import VLAModule
 
     cfg = yaml.safe_load(config.read_text())
     init = {k: v for k, v in cfg["model"]["init_args"].items() if k != "camera_names"}
+    # What Stage 2 would read from a checkpoint of `make stage1`: the Stage 1 config's prior settings.
+    stage1 = yaml.safe_load(stage1_config.read_text())["model"]["init_args"]
+    for key in PRIOR_SETTINGS:
+        if init.get(key) is None:
+            init[key] = stage1[key]
     data = cfg.get("data", {})
     init["chunk_len"] = data.get("chunk_len", init.get("chunk_len", 16))
     if use_history is not None:
@@ -198,6 +209,12 @@ def main() -> None:
     p.add_argument(
         "--config", type=Path, default=Path("configs/stage2.yaml"), help="model config without --ckpt"
     )
+    p.add_argument(
+        "--stage1-config",
+        type=Path,
+        default=Path("configs/stage1.yaml"),
+        help="the action prior's settings without --ckpt",
+    )
     p.add_argument("--history-len", type=int, default=None, help="default: the config's data.history_len")
     p.add_argument(
         "--use-history",
@@ -219,7 +236,9 @@ def main() -> None:
         policy = Policy.from_checkpoint(args.ckpt, image_size=args.image_size, history_len=args.history_len)
         source = args.ckpt
     else:
-        policy = default_policy(args.config, args.image_size, args.use_history, args.history_len)
+        policy = default_policy(
+            args.config, args.stage1_config, args.image_size, args.use_history, args.history_len
+        )
         source = f"{args.config} model, random weights"
     embodiment = args.embodiment or policy.registry.names[0]
     console = Console()

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from actionprior.training.checkpointing import prior_settings
+
 TAGS = ("train/pred_loss", "train/grad_norm", "train/grad_norm_backbone", "train/grad_norm_prior")
 
 
@@ -36,7 +38,9 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 def fit(args: argparse.Namespace, name: str, stage1_ckpt: str | None) -> dict[str, list[float]]:
     run_dir = args.out / name
-    baseline = [] if stage1_ckpt else ["-c", "configs/ablations/no_prior.yaml"]
+    # The scratch decoder gets exactly the prior's architecture (which Stage 2 otherwise reads from it).
+    same = [f"--model.init_args.{k}={v}" for k, v in prior_settings(args.stage1_ckpt).items()]
+    baseline = [] if stage1_ckpt else ["-c", "configs/ablations/no_prior.yaml", *same]
     cmd = [
         sys.executable, "-m", "actionprior.cli", "fit", "-c", args.config, *baseline,
         f"--data.datasets=[{{path: {args.data}}}]",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_policy_fixtures import CAMERAS, tiny_stats
+from test_vla_fixtures import TINY_PRIOR
 
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import Episode
@@ -101,13 +102,9 @@ def test_callback_logs_metrics_during_validation(tmp_path) -> None:
     )
     module = VLAModule(
         backbone="tiny:qwen3_vl",
-        width=32,
-        depth=1,
-        heads=2,
-        latent_dim=16,
+        **{**TINY_PRIOR, "sample_steps": 2},
         chunk_len=CHUNK,
         head_hidden=32,
-        sample_steps=2,
         camera_names=dm.camera_names,
         embodiments=dm.embodiments,
         normalization=dm.normalization,

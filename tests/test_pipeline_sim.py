@@ -18,7 +18,7 @@ pytest.importorskip("metaworld")
 pytest.importorskip("robosuite")
 
 TASKS = ["metaworld_sawyer/drawer-open", "robosuite_panda_osc/lift"]
-# A tiny prior shared by both stages (Stage 2 refuses a prior whose architecture differs).
+# A tiny prior, set in Stage 1 only: Stage 2 reads it from the Stage 1 checkpoint.
 PRIOR = ["--model.init_args.width=32", "--model.init_args.depth=1", "--model.init_args.heads=2",
          "--model.init_args.latent_dim=16", "--model.init_args.sample_steps=3"]  # fmt: skip
 DATA = ["--data.chunk_len=4", "--data.history_len=2", "--data.batch_size=4", "--data.num_workers=0",
@@ -28,7 +28,7 @@ DATA = ["--data.chunk_len=4", "--data.history_len=2", "--data.batch_size=4", "--
 def _fit(config: str, data, run, steps: int, *extra: str) -> None:
     argv = ["fit", "-c", config, f"--data.datasets=[{{path: {data}}}]", f"--trainer.default_root_dir={run}",
             f"--trainer.logger.init_args.save_dir={run}", f"--trainer.max_steps={steps}",
-            f"--data.batches_per_epoch={steps}", *PRIOR, *DATA, *extra]  # fmt: skip
+            f"--data.batches_per_epoch={steps}", *DATA, *extra]  # fmt: skip
     assert actionprior(argv) == 0
 
 
@@ -39,7 +39,7 @@ def test_collect_train_both_stages_then_evaluate_in_closed_loop(tmp_path) -> Non
                         "--image-size", "32", *only]) == 0  # fmt: skip
     assert actionprior(["data", "check", str(data)]) == 0
 
-    _fit("configs/stage1.yaml", data, tmp_path / "s1", 6, "--checkpoint.every_n_train_steps=100")
+    _fit("configs/stage1.yaml", data, tmp_path / "s1", 6, "--checkpoint.every_n_train_steps=100", *PRIOR)
     stage1_ckpt = tmp_path / "s1" / "checkpoints" / "last.ckpt"
     _fit("configs/stage2.yaml", data, tmp_path / "s2", 4, f"--stage1_ckpt={stage1_ckpt}",
          "--data.image_size=32", "--model.init_args.num_queries=1", "--model.init_args.head_hidden=32")  # fmt: skip
@@ -47,6 +47,10 @@ def test_collect_train_both_stages_then_evaluate_in_closed_loop(tmp_path) -> Non
 
     checkpoint = torch.load(stage2_ckpt, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
+    assert (
+        checkpoint["hyper_parameters"]["latent_dim"] == 16
+        and checkpoint["hyper_parameters"]["sample_steps"] == 3
+    )
     settings = checkpoint["actionprior"]["vla"]
     assert settings["image_size"] == 32 and settings["camera_names"] == ["scene", "wrist"]
     # Stage 2 trained from the prior: the decoder moved away from the Stage 1 weights it was loaded with.

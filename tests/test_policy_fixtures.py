@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from test_vla_fixtures import TINY_PRIOR
 
 from actionprior.data.normalization import Normalizer
 from actionprior.data.stats import compute_stats
@@ -45,14 +46,10 @@ def write_tiny_checkpoint(
     torch.manual_seed(0)
     module = VLAModule(
         backbone="tiny:qwen3_vl",
-        width=32,
-        depth=1,
-        heads=2,
-        latent_dim=16,
+        **TINY_PRIOR,
         chunk_len=CHUNK,
         head_hidden=32,
         use_history=use_history,
-        sample_steps=3,
         camera_names=list(cameras),
         embodiments=registry.to_dicts(),
         normalization=normalizer.to_dict(),

@@ -26,6 +26,21 @@ def registry() -> EmbodimentRegistry:
     return synthetic_registry()
 
 
+# The action prior's settings of the tiny test VLA (what the CLI would read from a Stage 1 checkpoint).
+TINY_PRIOR: dict[str, Any] = dict(
+    width=32,
+    depth=1,
+    heads=2,
+    latent_dim=16,
+    io_mode="projection",
+    use_state=True,
+    dropout=0.0,
+    flow_alpha=1.5,
+    flow_beta=1.0,
+    sample_steps=3,
+)
+
+
 def prior_config(reg: EmbodimentRegistry, **overrides: Any) -> ActionPriorConfig:
     kw: dict[str, Any] = dict(
         width=32,
@@ -143,12 +158,8 @@ def module_kwargs(reg: EmbodimentRegistry | None = None, **overrides: Any) -> di
         backbone="tiny:qwen3_vl",
         num_queries=2,
         head_hidden=32,
-        width=32,
-        depth=1,
-        heads=2,
-        latent_dim=16,
+        **TINY_PRIOR,
         chunk_len=CHUNK,
-        sample_steps=3,
         warmup_steps=0,
         lr=1e-3,
         lr_backbone=1e-3,

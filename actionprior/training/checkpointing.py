@@ -35,6 +35,22 @@ ARCHITECTURE_KEYS = (
 )
 
 
+# The action-prior settings a Stage 2 module takes from its Stage 1 checkpoint when they are not set in its
+# config: the architecture (compared, must match) and the flow-matching/sampling settings (inherited).
+PRIOR_SETTINGS = (
+    "width",
+    "depth",
+    "heads",
+    "latent_dim",
+    "io_mode",
+    "use_state",
+    "dropout",
+    "flow_alpha",
+    "flow_beta",
+    "sample_steps",
+)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the embodiments, normalisation or model configuration it is loaded into."""
 
@@ -133,6 +149,12 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         raise FileNotFoundError(f"checkpoint not found: {path}")
     # Lightning checkpoints of this project hold only tensors and plain containers: no unpickling of code.
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def prior_settings(path: str | Path) -> dict[str, Any]:
+    """The :data:`PRIOR_SETTINGS` of the action prior in a Stage 1 checkpoint."""
+    config = read_payload(load_checkpoint_file(path), f"Stage 1 checkpoint '{path}'")["model_config"]
+    return {key: config[key] for key in PRIOR_SETTINGS}
 
 
 def load_action_prior(

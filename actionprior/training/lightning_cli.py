@@ -8,11 +8,14 @@
 * Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` with ``save_last=True``: a fixed directory is
   what lets ``--ckpt_path last`` find the run to resume (a logger-versioned directory changes every run).
 * ``--stage1_ckpt PATH`` hands a Stage 1 checkpoint to every trainer callback with a ``stage1_ckpt``
-  attribute (Stage 2's ActionPriorTransfer) and fails if there is none.
+  attribute (Stage 2's ActionPriorTransfer) and fails if there is none. For the Stage 2 module, the action
+  prior's settings that the config leaves unset (architecture, flow matching, sampling steps) are read from
+  that checkpoint before the module is built, so they are written once, in the Stage 1 config.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,9 @@ class ResumableCheckpoint(ModelCheckpoint):
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
+
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -63,6 +69,11 @@ class ActionPriorCLI(LightningCLI):
 
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_strategy_request(config.trainer.get("strategy"), config.trainer.get("accelerator"))
+        if _is_stage2(config.model.class_path):
+            resume = config.get("ckpt_path")
+            if resume == "last":
+                resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
+            fill_prior_settings(config.model.init_args, config.get("stage1_ckpt"), resume)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A Rich progress bar by default, unless the config turns progress bars off (Lightning refuses a
@@ -92,6 +103,43 @@ class ActionPriorCLI(LightningCLI):
             )
         for callback in takers:
             callback.stage1_ckpt = path
+
+
+def _is_stage2(class_path: str) -> bool:
+    from actionprior.training.vla_module import VLAModule
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, VLAModule)
+
+
+def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: str | None = None) -> None:
+    """Set the Stage 2 module's unset action-prior settings in place: from the Stage 1 checkpoint, or
+    when resuming without one, from the Stage 2 checkpoint being resumed."""
+    from actionprior.training.checkpointing import PRIOR_SETTINGS, load_checkpoint_file, prior_settings
+
+    unset = [key for key in PRIOR_SETTINGS if init_args.get(key) is None]
+    if not unset:
+        return
+    if stage1_ckpt:
+        source, stored = stage1_ckpt, prior_settings(stage1_ckpt)
+    elif resume_ckpt and Path(resume_ckpt).is_file():
+        source, stored = resume_ckpt, load_checkpoint_file(resume_ckpt).get("hyper_parameters", {})
+    else:
+        raise ValueError(
+            f"Stage 2: the action prior's {', '.join(unset)} are not set. Pass --stage1_ckpt (they are read "
+            "from the Stage 1 checkpoint), or set them in the config for the no-prior baseline "
+            "(configs/ablations/no_prior.yaml)"
+        )
+    missing = [key for key in unset if stored.get(key) is None]
+    if missing:
+        raise ValueError(f"Stage 2: {source} does not record the action prior's {', '.join(missing)}")
+    for key in unset:
+        init_args[key] = stored[key]
+    log.info("Stage 2: action prior %s from %s", ", ".join(f"{k}={stored[k]}" for k in unset), source)
 
 
 def run(argv: list[str] | None = None) -> None:

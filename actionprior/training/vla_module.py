@@ -70,8 +70,12 @@ class VLAModule(L.LightningModule):
         use_history: feed ``z_hist`` (encoder on the history window) as one token.
         history_mode: ``exact`` = the paper's ``(L(z_hist) + L(none)) / 2`` with both passes;
             ``stochastic`` = one pass, history token dropped per sample with p = 0.5 (cheaper, noisier).
-        width, depth, heads, latent_dim, chunk_len, io_mode, use_state, flow_alpha, flow_beta,
-            sample_steps, dropout: the action prior (must match the Stage 1 checkpoint's architecture).
+        width, depth, heads, latent_dim, io_mode, use_state, dropout, flow_alpha, flow_beta,
+            sample_steps: the action prior. Leave them unset (None) to take them from the Stage 1
+            checkpoint: the CLI fills them from ``--stage1_ckpt`` before building the module. A value
+            that is set must match the checkpoint's architecture (checked when it is loaded); the
+            no-prior baseline, which has no checkpoint, sets them all.
+        chunk_len: actions per chunk (the CLI links it from ``data.chunk_len``).
         lr: learning rate of the action module (prior, queries, heads); lr_backbone: of the backbone.
         weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup + cosine (see training/optim.py).
         freeze_backbone, freeze_encoder, freeze_decoder: exclude a component from training.
@@ -93,17 +97,17 @@ class VLAModule(L.LightningModule):
         head_hidden: int = 512,
         use_history: bool = False,
         history_mode: Literal["exact", "stochastic"] = "exact",
-        width: int = 128,
-        depth: int = 3,
-        heads: int = 4,
-        latent_dim: int = 64,
+        width: int | None = None,
+        depth: int | None = None,
+        heads: int | None = None,
+        latent_dim: int | None = None,
         chunk_len: int = 16,
-        io_mode: Literal["projection", "padded"] = "projection",
-        use_state: bool = True,
-        flow_alpha: float = 1.5,
-        flow_beta: float = 1.0,
-        sample_steps: int = 5,
-        dropout: float = 0.0,
+        io_mode: Literal["projection", "padded"] | None = None,
+        use_state: bool | None = None,
+        flow_alpha: float | None = None,
+        flow_beta: float | None = None,
+        sample_steps: int | None = None,
+        dropout: float | None = None,
         lr: float = 3e-4,
         lr_backbone: float = 1e-4,
         weight_decay: float = 0.01,
@@ -123,22 +127,28 @@ class VLAModule(L.LightningModule):
         super().__init__()
         if history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got '{history_mode}'")
-        self.save_hyperparameters(ignore=["backbone_spec"])
-        self.registry, self.normalizer = data_contract(embodiments, normalization, "VLAModule")
-        self.prior_config = ActionPriorConfig.for_embodiments(
-            self.registry,
+        prior = dict(
             width=width,
             depth=depth,
             heads=heads,
             latent_dim=latent_dim,
-            chunk_len=chunk_len,
             io_mode=io_mode,
             use_state=use_state,
+            dropout=dropout,
             flow_alpha=flow_alpha,
             flow_beta=flow_beta,
             sample_steps=sample_steps,
-            dropout=dropout,
         )
+        unset = [key for key, value in prior.items() if value is None]
+        if unset:
+            raise ValueError(
+                f"VLAModule: the action prior's {', '.join(unset)} are not set. Pass --stage1_ckpt to take "
+                "them from the Stage 1 checkpoint, or set model.init_args.<key> (the no-prior baseline, "
+                "which has no checkpoint, sets them all; see configs/ablations/no_prior.yaml)"
+            )
+        self.save_hyperparameters(ignore=["backbone_spec"])
+        self.registry, self.normalizer = data_contract(embodiments, normalization, "VLAModule")
+        self.prior_config = ActionPriorConfig.for_embodiments(self.registry, chunk_len=chunk_len, **prior)
         if (
             backbone_spec is not None
         ):  # rebuilding from a checkpoint: no hub, weights come from the state dict
