@@ -101,19 +101,8 @@ class EmbodimentLinear(nn.Module):
 
     def forward(self, x: Tensor, embodiment_id: Tensor) -> Tensor:
         """``x`` ``[B, ..., in_features]`` -> ``[B, ..., out_features]``, zero on padded output dims."""
-        in_mask = self.in_mask[embodiment_id].to(x.dtype)  # [B, in]
-        out_mask = self.out_mask[embodiment_id].to(x.dtype)  # [B, out]
-        view = (x.shape[0],) + (1,) * (x.ndim - 2)
-        x = x * in_mask.view(*view, -1)
-        if self.shared:
-            y = x @ self.weight[0] + self.bias[0]
-        else:
-            w = (self.weight * self._weight_mask())[embodiment_id]  # [B, in, out]
-            b = self.bias[embodiment_id]  # [B, out]
-            flat = x.reshape(x.shape[0], -1, self.in_features)
-            y = torch.einsum("bti,bio->bto", flat, w).reshape(*x.shape[:-1], self.out_features)
-            y = y + b.view(*view, -1)
-        return y * out_mask.view(*view, -1)
+        flat = x.reshape(x.shape[0], -1, self.in_features)
+        return self.gather(embodiment_id)(flat).reshape(*x.shape[:-1], self.out_features)
 
 
 class EmbodimentIO(nn.Module):
