@@ -129,11 +129,7 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     elif resume_ckpt and Path(resume_ckpt).is_file():
         source, stored = resume_ckpt, load_checkpoint_file(resume_ckpt).get("hyper_parameters", {})
     else:
-        raise ValueError(
-            f"Stage 2: the action prior's {', '.join(unset)} are not set. Pass --stage1_ckpt (they are read "
-            "from the Stage 1 checkpoint), or set them in the config for the no-prior baseline "
-            "(configs/ablations/no_prior.yaml)"
-        )
+        return  # VLAModule refuses unset settings and says how to provide them
     missing = [key for key in unset if stored.get(key) is None]
     if missing:
         raise ValueError(f"Stage 2: {source} does not record the action prior's {', '.join(missing)}")
