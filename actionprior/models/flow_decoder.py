@@ -27,7 +27,6 @@ from actionprior.models.transformer import AdaLNFinal, Modulation, TransformerBl
 class DecoderContext:
     """The per-chunk conditioning of :class:`FlowDecoder` (see :meth:`FlowDecoder.condition`)."""
 
-    embodiment_id: Tensor
     cond: Tensor  # [B, width]: z and embodiment part of the adaLN conditioning vector
     prefix: Tensor  # [B, 1, width]: the z token the chunk attends to
     steps: Tensor  # [H, width]: chunk-step embeddings
@@ -109,7 +108,6 @@ class FlowDecoder(nn.Module):
             )
         assert self.io.action_in is not None and self.io.action_out is not None
         return DecoderContext(
-            embodiment_id=embodiment_id,
             cond=self.z_cond(z) + emb,
             prefix=(self.z_token(z) + emb)[:, None, :],
             steps=steps,
