@@ -58,7 +58,7 @@ bench: install  ## throughput and latency benchmarks (figures, not tests)
 	$(PY) benchmarks/inference_latency.py
 
 reproduce: install  ## the paper's ablation table on sim-default (no prior / action-only / action-state / + history)
-	$(PY) benchmarks/ablations.py --data $(DATA) $(ARGS)
+	$(PY) -m actionprior.study.ablations --data $(DATA) $(ARGS)
 
 clean-runs:  ## delete training runs (not datasets)
 	rm -rf runs lightning_logs

@@ -25,13 +25,13 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
         "cli_main",
         "validate a dataset; non-zero exit on problems",
     ),
-    ("data", "stats"): ("actionprior.data.inspect", "cli_main", "per-embodiment summary of a dataset"),
+    ("data", "stats"): ("actionprior.data.summary", "cli_main", "per-embodiment summary of a dataset"),
     ("eval",): (
         "actionprior.evaluation.evaluate",
         "cli_main",
         "closed-loop evaluation of a checkpoint in simulation",
     ),
-    ("serve",): ("actionprior.evaluation.server", "cli_main", "serve a checkpoint over websockets"),
+    ("serve",): ("actionprior.inference.server", "cli_main", "serve a checkpoint over websockets"),
     ("demo",): ("actionprior.demo", "cli_main", "the whole pipeline on the embedded CPU defaults"),
 }
 

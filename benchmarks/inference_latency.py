@@ -1,6 +1,6 @@
 """Inference latency per action chunk, split into its parts (target for the tiny default on CPU: <= 15 ms).
 
-One replan of :class:`~actionprior.evaluation.policy.Policy` is: build the batch from the raw observation
+One replan of :class:`~actionprior.inference.policy.Policy` is: build the batch from the raw observation
 (``batch``), encode the history window (``history``, only with ``use_history``), run the VLM backbone with
 the query tokens to ``z'`` (``backbone``), and integrate the flow decoder for N Euler steps (``decoder``).
 ``act`` is the whole ``Policy.act`` call that replans, validation and un-normalisation included.
@@ -36,8 +36,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from actionprior.evaluation.observation import validate_observation
-from actionprior.evaluation.policy import Policy
+from actionprior.inference.observation import validate_observation
+from actionprior.inference.policy import Policy
 
 PARTS = ("batch", "history", "backbone", "decoder", "total", "act")
 
@@ -53,11 +53,11 @@ def default_policy(
     settings from the Stage 1 config), random weights."""
     import yaml
 
+    from actionprior.checkpoint import PRIOR_SETTINGS
     from actionprior.data.normalization import Normalizer
     from actionprior.data.stats import compute_stats
-    from actionprior.data.streaming import default_camera_names
+    from actionprior.data.stream import default_camera_names
     from actionprior.embodiments import EmbodimentRegistry
-    from actionprior.training.checkpointing import PRIOR_SETTINGS
     from actionprior.training.vla_module import VLAModule
 
     cfg = yaml.safe_load(config.read_text())

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from actionprior.training.checkpointing import prior_settings
+from actionprior.checkpoint import prior_settings
 
 TAGS = ("train/pred_loss", "train/grad_norm", "train/grad_norm_backbone", "train/grad_norm_prior")
 

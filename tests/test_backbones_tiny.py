@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from test_vla_fixtures import loader, make_batch, module_kwargs
+from vla_builders import loader, make_batch, module_kwargs
 
 from actionprior.models.tiny_backbones import save_tiny_backbone
 from actionprior.models.vlm_backbone import VLMBackbone, frames_per_sample, pick_attn_implementation

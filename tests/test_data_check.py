@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from actionprior.data import check, inspect
+from actionprior.data import check, summary
 from actionprior.data.check import check_dataset
 from actionprior.data.schema import encode_npy
 from actionprior.data.tario import iter_tar_samples
@@ -112,11 +112,11 @@ def test_stats_table_and_recompute(make_synthetic_dataset, capsys, monkeypatch) 
     monkeypatch.setenv("COLUMNS", "200")  # Rich wraps cells to the (captured) terminal width
     data = make_synthetic_dataset().path
     (data / "stats.json").unlink()
-    assert inspect.cli_main([str(data)]) == 0
+    assert summary.cli_main([str(data)]) == 0
     out = capsys.readouterr().out
     assert "synth_arm7" in out and "warning" in out
-    assert inspect.cli_main([str(data), "--recompute"]) == 0
+    assert summary.cli_main([str(data), "--recompute"]) == 0
     assert (data / "stats.json").exists() and check_dataset(data) == []
-    summary = inspect.embodiment_summary(json.loads((data / "manifest.json").read_text()))
-    assert summary["synth_arm7"]["state_dim"] == 9 and summary["synth_arm7"]["episodes"] == 6
-    assert summary["synth_arm7"]["tasks"] == {"reach": 3, "push": 3}
+    table = summary.embodiment_summary(json.loads((data / "manifest.json").read_text()))
+    assert table["synth_arm7"]["state_dim"] == 9 and table["synth_arm7"]["episodes"] == 6
+    assert table["synth_arm7"]["tasks"] == {"reach": 3, "push": 3}

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import actionprior.data.schema as schema
-import actionprior.data.streaming as streaming
+import actionprior.data.shards as shards
 from actionprior.data.datamodule import ActionPriorDataModule, DatasetSource
+from actionprior.data.loader import StreamLoader
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError
-from actionprior.data.streaming import StreamLoader, is_val_episode, iter_episodes
+from actionprior.data.shards import iter_episodes
+from actionprior.data.splits import is_val_episode
 from actionprior.data.synthetic import SYNTHETIC_CAMERAS, synthetic_frame, write_synthetic_dataset
 from actionprior.data.windowing import cut_window
 from actionprior.embodiments import EmbodimentError
@@ -115,14 +117,14 @@ def test_trajectory_view_never_opens_observation_shards_nor_decodes_png(
 ) -> None:
     data = make_synthetic_dataset()
     opened: list[str] = []
-    real_open = streaming._open_shard
-    monkeypatch.setattr(streaming, "_open_shard", lambda url: opened.append(url) or real_open(url))
+    real_open = shards._open_shard
+    monkeypatch.setattr(shards, "_open_shard", lambda url: opened.append(url) or real_open(url))
 
     def no_png(*args, **kwargs):
         raise AssertionError("the trajectory view decoded a PNG")
 
     monkeypatch.setattr(schema, "decode_png", no_png)
-    monkeypatch.setattr(streaming, "decode_png", no_png)
+    monkeypatch.setattr(shards, "decode_png", no_png)
     for obs in data.path.glob("obs-*.tar"):
         obs.unlink()  # and it does not even need them to exist
     dm = _dm([data.path], val_fraction=0.3, cache_mb=0)

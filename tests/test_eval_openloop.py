@@ -8,8 +8,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from test_policy_fixtures import CAMERAS, tiny_stats
-from test_vla_fixtures import TINY_PRIOR
+from policy_builders import CAMERAS, tiny_stats
+from vla_builders import TINY_PRIOR
 
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import Episode

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
-from actionprior.evaluation.base import BasePolicy, History, RandomPolicy
-from actionprior.evaluation.observation import ObservationSpec
 from actionprior.evaluation.report import aggregate, frame_grid, success_table, write_all
 from actionprior.evaluation.rollout import RolloutError, make_jobs, run_rollouts
+from actionprior.inference.base import BasePolicy, History, RandomPolicy
+from actionprior.inference.observation import ObservationSpec
 
 IMG = 24
 
@@ -155,7 +155,7 @@ def test_frame_grid_keeps_first_and_last_frames() -> None:
 
 def test_rollouts_through_the_policy_server_match_in_process_results() -> None:
     from actionprior.evaluation.rollout import ServerPolicyFactory
-    from actionprior.evaluation.server import PolicyServer
+    from actionprior.inference.server import PolicyServer
 
     jobs = make_jobs([("point", "reach-a", 30)], 2, {"point": ("top",)}, base_seed=3)
     local = run_rollouts(jobs, ExpertFactory(), ToyEnvFactory(), workers=0)

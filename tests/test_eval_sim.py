@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image, ImageSequence
-from test_policy_fixtures import write_tiny_checkpoint
+from policy_builders import write_tiny_checkpoint
 
 pytestmark = pytest.mark.sim
 pytest.importorskip("mujoco")

@@ -48,7 +48,7 @@ def _observation() -> dict:
 
 
 def _record(tmp_path: Path) -> dict:
-    from actionprior.evaluation.policy import Policy
+    from actionprior.inference.policy import Policy
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, episodes_per_embodiment=4, image_size=32)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_policy_fixtures import (
+from policy_builders import (
     CAMERAS,
     CHUNK,
     HISTORY,
@@ -19,8 +19,8 @@ from test_policy_fixtures import (
 
 from actionprior.data.normalization import Normalizer
 from actionprior.data.synthetic import synthetic_registry
-from actionprior.evaluation.observation import ObservationError, validate_observation
-from actionprior.evaluation.policy import Policy, PolicyCheckpointError
+from actionprior.inference.observation import ObservationError, validate_observation
+from actionprior.inference.policy import Policy, PolicyCheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_policy_fixtures import HISTORY, IMAGE, raw_observation, write_tiny_checkpoint
+from policy_builders import HISTORY, IMAGE, raw_observation, write_tiny_checkpoint
 
-from actionprior.evaluation.client import PolicyClient, PolicyServerError
-from actionprior.evaluation.policy import Policy
-from actionprior.evaluation.protocol import encode
-from actionprior.evaluation.server import PolicyServer, build_parser
+from actionprior.inference.client import PolicyClient, PolicyServerError
+from actionprior.inference.policy import Policy
+from actionprior.inference.protocol import encode
+from actionprior.inference.server import PolicyServer, build_parser
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
-from actionprior.evaluation.base import BasePolicy, History
-from actionprior.evaluation.client import PolicyClient, PolicyServerError
-from actionprior.evaluation.observation import ObservationError, ObservationSpec
-from actionprior.evaluation.protocol import ProtocolError, decode, encode
-from actionprior.evaluation.server import PolicyServer
+from actionprior.inference.base import BasePolicy, History
+from actionprior.inference.client import PolicyClient, PolicyServerError
+from actionprior.inference.observation import ObservationError, ObservationSpec
+from actionprior.inference.protocol import ProtocolError, decode, encode
+from actionprior.inference.server import PolicyServer
 
 IMG = 16
 

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from actionprior.data.normalization import Normalizer
-from actionprior.data.stats import compute_stats
-from actionprior.data.synthetic import make_episode, synthetic_registry
-from actionprior.embodiments import EmbodimentRegistry
-from actionprior.training import ActionPriorModule
-from actionprior.training.checkpointing import (
+from actionprior.checkpoint import (
     CHECKPOINT_KEY,
     CheckpointMismatchError,
     check_compatible,
     load_action_prior,
 )
+from actionprior.data.normalization import Normalizer
+from actionprior.data.stats import compute_stats
+from actionprior.data.synthetic import make_episode, synthetic_registry
+from actionprior.embodiments import EmbodimentRegistry
+from actionprior.training import ActionPriorModule
 
 TINY = dict(width=32, depth=1, heads=2, latent_dim=8, chunk_len=4, sample_steps=3)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from actionprior.checkpoint import load_action_prior
 from actionprior.data.synthetic import write_synthetic_dataset
 from actionprior.training import ActionPriorModule
-from actionprior.training.checkpointing import load_action_prior
 from actionprior.training.lightning_cli import run
 from actionprior.training.optim import warmup_cosine
 

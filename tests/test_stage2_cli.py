@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from actionprior.checkpoint import CheckpointMismatchError, prior_settings
 from actionprior.data.synthetic import write_synthetic_dataset
-from actionprior.training.checkpointing import CheckpointMismatchError, prior_settings
 from actionprior.training.lightning_cli import run
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from test_vla_fixtures import CHUNK, loader, module_kwargs, normalization, registry
+from vla_builders import CHUNK, loader, module_kwargs, normalization, registry
 
+from actionprior.checkpoint import CheckpointMismatchError
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.training import ActionPriorModule
-from actionprior.training.checkpointing import CheckpointMismatchError
 from actionprior.training.transfer import ActionPriorTransfer, lambda_schedule
 from actionprior.training.vla_module import VLAModule
 

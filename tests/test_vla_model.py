@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_vla_fixtures import CHUNK, make_batch, module_kwargs, tiny_vla
+from vla_builders import CHUNK, make_batch, module_kwargs, tiny_vla
 
 from actionprior.training.vla_module import VLAModule, build_vla_from_checkpoint
 

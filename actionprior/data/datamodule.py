@@ -15,18 +15,12 @@ from typing import Any, Literal
 
 import lightning as L
 
+from actionprior.data.loader import StreamLoader
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError, Episode
+from actionprior.data.shards import ShardSource, View, iter_episodes, shard_source
 from actionprior.data.stats import merge_stats
-from actionprior.data.streaming import (
-    ShardSource,
-    StreamLoader,
-    View,
-    WindowStream,
-    default_camera_names,
-    iter_episodes,
-    shard_source,
-)
+from actionprior.data.stream import WindowStream, default_camera_names
 from actionprior.data.writer import load_manifest, load_stats
 from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
 

@@ -1,7 +1,7 @@
 """Training-time open-loop evaluation: action error per embodiment on held-out episodes, in raw units.
 
 The VLAModule's validation step scores windows of the validation *stream*. This callback instead replays
-whole held-out episodes through the inference path itself (:class:`~actionprior.evaluation.policy.Policy`:
+whole held-out episodes through the inference path itself (:class:`~actionprior.inference.policy.Policy`:
 raw observation → batch → chunk → un-normalised actions), every ``stride`` steps with the ground-truth
 history, and compares each predicted chunk with the recorded actions. A bug in inference-only code (batch
 building, history alignment, un-normalisation) shows up here during training instead of on the robot.
@@ -23,8 +23,8 @@ from PIL import Image
 from torchmetrics import MeanAbsoluteError
 
 from actionprior.data.schema import Episode
-from actionprior.evaluation.base import History
-from actionprior.evaluation.policy import Policy
+from actionprior.inference.base import History
+from actionprior.inference.policy import Policy
 
 
 class OpenLoopActionError(L.Callback):

@@ -28,8 +28,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from actionprior.evaluation.base import RandomPolicy
-from actionprior.evaluation.observation import ObservationSpec
 from actionprior.evaluation.report import print_table, write_all
 from actionprior.evaluation.rollout import (
     CheckpointPolicyFactory,
@@ -39,6 +37,8 @@ from actionprior.evaluation.rollout import (
     make_jobs,
     run_rollouts,
 )
+from actionprior.inference.base import RandomPolicy
+from actionprior.inference.observation import ObservationSpec
 
 
 class EvaluationError(ValueError):

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from actionprior.evaluation.base import PolicyLike
+from actionprior.inference.base import PolicyLike
 
 if TYPE_CHECKING:
-    from actionprior.evaluation.policy import Policy
+    from actionprior.inference.policy import Policy
 
 
 class SimEnv(Protocol):
@@ -99,7 +99,7 @@ class CheckpointPolicyFactory:
     history_len: int | None = None
 
     def __call__(self) -> Policy:
-        from actionprior.evaluation.policy import Policy
+        from actionprior.inference.policy import Policy
 
         return Policy.from_checkpoint(
             self.ckpt,
@@ -118,7 +118,7 @@ class ServerPolicyFactory:
     timeout: float = 60.0
 
     def __call__(self) -> PolicyLike:
-        from actionprior.evaluation.client import PolicyClient
+        from actionprior.inference.client import PolicyClient
 
         return PolicyClient(self.url, timeout=self.timeout)
 

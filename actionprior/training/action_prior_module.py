@@ -14,9 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
-from actionprior.models.action_scaling import ActionScaler
-from actionprior.training.checkpointing import (
+from actionprior.checkpoint import (
     ARCHITECTURE_KEYS,
     CHECKPOINT_KEY,
     check_compatible,
@@ -24,6 +22,8 @@ from actionprior.training.checkpointing import (
     data_contract,
     read_payload,
 )
+from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.action_scaling import ActionScaler
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
 

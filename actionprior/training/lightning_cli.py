@@ -119,7 +119,7 @@ def _is_stage2(class_path: str) -> bool:
 def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: str | None = None) -> None:
     """Set the Stage 2 module's unset action-prior settings in place: from the Stage 1 checkpoint, or
     when resuming without one, from the Stage 2 checkpoint being resumed."""
-    from actionprior.training.checkpointing import PRIOR_SETTINGS, load_checkpoint_file, prior_settings
+    from actionprior.checkpoint import PRIOR_SETTINGS, load_checkpoint_file, prior_settings
 
     unset = [key for key in PRIOR_SETTINGS if init_args.get(key) is None]
     if not unset:

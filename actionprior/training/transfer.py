@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from actionprior.training.checkpointing import (
+from actionprior.checkpoint import (
     ARCHITECTURE_KEYS,
     check_compatible,
     load_action_prior,

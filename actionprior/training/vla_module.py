@@ -25,13 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from actionprior.data.normalization import Normalizer
-from actionprior.embodiments import EmbodimentRegistry
-from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
-from actionprior.models.action_scaling import ActionScaler
-from actionprior.models.vla import HISTORY_MODES, VLA
-from actionprior.models.vlm_backbone import VLMBackbone
-from actionprior.training.checkpointing import (
+from actionprior.checkpoint import (
     ARCHITECTURE_KEYS,
     CHECKPOINT_KEY,
     check_compatible,
@@ -39,6 +33,12 @@ from actionprior.training.checkpointing import (
     data_contract,
     read_payload,
 )
+from actionprior.data.normalization import Normalizer
+from actionprior.embodiments import EmbodimentRegistry
+from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.action_scaling import ActionScaler
+from actionprior.models.vla import HISTORY_MODES, VLA
+from actionprior.models.vlm_backbone import VLMBackbone
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
 

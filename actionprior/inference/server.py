@@ -20,9 +20,9 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from actionprior.evaluation.base import BasePolicy
-from actionprior.evaluation.observation import ObservationError
-from actionprior.evaluation.protocol import (
+from actionprior.inference.base import BasePolicy
+from actionprior.inference.observation import ObservationError
+from actionprior.inference.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ProtocolError,
     decode,
@@ -168,7 +168,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.logging import RichHandler
 
-    from actionprior.evaluation.policy import Policy
+    from actionprior.inference.policy import Policy
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])

@@ -25,158 +25,21 @@ Design (DESIGN.md section 3):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any
 
 import numpy as np
-import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from actionprior.data.normalization import Normalizer
-from actionprior.data.schema import DataError, Episode, decode_png, decode_trajectory, frame_field
-from actionprior.data.tario import iter_tar_samples
+from actionprior.data.schema import DataError
+from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
+from actionprior.data.splits import Split, in_split
 from actionprior.data.windowing import PaddedEpisode, dim_mask, gather_windows, pad_episode
-from actionprior.data.writer import load_manifest
 from actionprior.embodiments import EmbodimentRegistry
-
-View = Literal["trajectory", "observation"]
-Split = Literal["train", "val", "all"]
 
 # Keys of the contract's batch (docs/contracts.md) that are stacked from per-window arrays.
 WINDOW_KEYS = ("state", "action", "step_mask", "history_state", "history_action", "history_mask")
-
-
-def is_val_episode(key: str, val_fraction: float) -> bool:
-    """Stable across runs, machines and Python versions (unlike ``hash``): a hash of the key alone."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < val_fraction
-
-
-def in_split(key: str, split: Split, val_fraction: float) -> bool:
-    if split == "all":
-        return True
-    return is_val_episode(key, val_fraction) == (split == "val")
-
-
-@dataclass(frozen=True)
-class ShardSource:
-    """One dataset as a stream sees it: the shard files of one view that hold episodes of one split."""
-
-    directory: str
-    weight: float
-    urls: tuple[str, ...]
-    num_episodes: int
-    num_transitions: int
-
-
-def shard_source(
-    directory: str | Path,
-    view: View,
-    split: Split,
-    val_fraction: float,
-    weight: float = 1.0,
-    manifest: dict[str, Any] | None = None,
-) -> ShardSource:
-    directory = Path(directory)
-    manifest = manifest if manifest is not None else load_manifest(directory)
-    field = "traj" if view == "trajectory" else "obs"
-    urls, episodes, transitions = [], 0, 0
-    for shard in manifest["shards"]:
-        chosen = [e for e in shard["episodes"] if in_split(e["key"], split, val_fraction)]
-        if chosen:
-            urls.append(str(directory / shard[field]))
-            episodes += len(chosen)
-            transitions += sum(int(e["length"]) for e in chosen)
-    return ShardSource(str(directory), float(weight), tuple(urls), episodes, transitions)
-
-
-def _open_shard(url: str) -> BinaryIO:
-    # One place where shard files are opened (tests record the URLs here). WebDataset's gopen reads local
-    # paths as well as its stream URLs (``pipe:aws s3 cp s3://bucket/traj-0.tar -``, http(s), ...).
-    return wds.gopen(url, "rb")
-
-
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Raw samples (``__key__`` plus bytes per field) of one tar, with a clear error for broken tars."""
-    try:
-        with _open_shard(url) as stream:
-            data = stream.read()
-    except OSError as exc:
-        raise DataError(f"{url}: cannot read shard ({exc})") from exc
-    yield from iter_tar_samples(data, url, verify=False)
-
-
-def decode_sample(
-    sample: dict[str, Any], registry: EmbodimentRegistry
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Trajectory fields of a raw sample, validated against the embodiment spec."""
-    where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-    state, action, meta = decode_trajectory(sample, where)
-    name = meta["embodiment"]
-    if name not in registry:
-        raise DataError(f"{where}: embodiment '{name}' is not in the registry {registry.names}")
-    spec = registry[name]
-    if state.shape[1] != spec.state_dim or action.shape[1] != spec.action_dim:
-        raise DataError(
-            f"{where}: state/action dims {state.shape[1]}/{action.shape[1]} do not match "
-            f"embodiment '{name}' ({spec.state_dim}/{spec.action_dim})"
-        )
-    return state, action, meta
-
-
-def iter_episodes(
-    directory: str | Path,
-    registry: EmbodimentRegistry,
-    split: Split = "all",
-    val_fraction: float = 0.0,
-    with_frames: bool = False,
-) -> Iterator[Episode]:
-    """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation)."""
-    source = shard_source(directory, "observation" if with_frames else "trajectory", split, val_fraction)
-    for url in source.urls:
-        for sample in iter_shard(url):
-            if not in_split(sample["__key__"], split, val_fraction):
-                continue
-            state, action, meta = decode_sample(sample, registry)
-            frames = {}
-            if with_frames:
-                where = f"{url}:{sample['__key__']}"
-                for cam in meta.get("cameras", []):
-                    frames[cam] = np.stack([_frame(sample, cam, t, where) for t in range(len(state))])
-            extra = {k: v for k, v in meta.items() if k not in Episode.__dataclass_fields__}
-            for k in ("length", "cameras", "schema_version"):
-                extra.pop(k, None)
-            yield Episode(
-                key=sample["__key__"],
-                embodiment=meta["embodiment"],
-                task=meta["task"],
-                instruction=meta["instruction"],
-                state=state,
-                action=action,
-                success=bool(meta["success"]),
-                control_rate_hz=float(meta["control_rate_hz"]),
-                frames=frames,
-                extra=extra,
-            )
-
-
-def _frame(sample: dict[str, Any], camera: str, t: int, where: str) -> np.ndarray:
-    name = frame_field(camera, t)
-    if name not in sample:
-        raise DataError(f"{where}: missing frame field '{name}'")
-    return decode_png(sample[name], f"{where} {name}")
-
-
-def _resize(frame: np.ndarray, size: int) -> np.ndarray:
-    if frame.shape[0] == size and frame.shape[1] == size:
-        return frame
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
 
 
 class _PoolEpisode:
@@ -443,82 +306,3 @@ def default_camera_names(registry: EmbodimentRegistry) -> list[str]:
             if cam not in names:
                 names.append(cam)
     return names
-
-
-def to_torch(batch: dict[str, Any]) -> dict[str, Any]:
-    """numpy arrays -> tensors (zero-copy); lists of strings stay lists."""
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
-
-
-def _keep_numpy(batch: dict[str, Any]) -> dict[str, Any]:
-    # Workers hand numpy batches back through the pipe (pickled: ~0.1 ms). Letting the DataLoader turn
-    # them into tensors first costs one shared-memory file descriptor per tensor: measured 16 ms a batch.
-    return batch
-
-
-def _distributed_rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class StreamLoader:
-    """Exactly ``num_batches`` batches per epoch from a :class:`WindowStream`, on every rank.
-
-    A fixed count per rank (rather than "until the shards run out") is what makes DDP safe with any
-    number of shards. By default the endless stream (its workers, pools and caches) persists across
-    epochs and an epoch is simply the next ``num_batches`` batches. With ``fixed_epoch`` (validation)
-    every ``iter()`` restarts the stream from the same seeds, so every validation run sees the same
-    batches and losses are comparable across epochs.
-    """
-
-    def __init__(
-        self,
-        dataset: WindowStream,
-        num_batches: int,
-        num_workers: int = 0,
-        fixed_epoch: bool = False,
-        prefetch_factor: int = 4,
-        pin_memory: bool = False,
-    ):
-        if num_batches < 1:
-            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-        self.dataset = dataset
-        self.num_batches = num_batches
-        self.num_workers = num_workers
-        self.fixed_epoch = fixed_epoch
-        self.prefetch_factor = prefetch_factor
-        self.pin_memory = pin_memory
-        self._epoch = 0
-        self._stream: Iterator[dict[str, Any]] | None = None
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def _start(self) -> Iterator[dict[str, Any]]:
-        # Set in this process before the DataLoader copies the dataset into its workers.
-        self.dataset.rank, self.dataset.world_size = _distributed_rank()
-        self.dataset.epoch = 0 if self.fixed_epoch else self._epoch
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,  # the stream collates itself
-            collate_fn=_keep_numpy,
-            num_workers=self.num_workers,
-            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
-            pin_memory=self.pin_memory,
-        )
-        return iter(loader)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.fixed_epoch or self._stream is None:
-            self._stream = self._start()
-        self._epoch += 1
-        stream = self._stream
-        for _ in range(self.num_batches):
-            yield to_torch(next(stream))
-        if self.fixed_epoch:
-            self._stream = None  # shuts the workers down until the next validation run
-
-    def close(self) -> None:
-        """Stop the workers now (they also stop when the loader is garbage collected)."""
-        self._stream = None

@@ -5,8 +5,8 @@ Every row is a configuration of the same code (``configs/ablations/*.yaml``). St
 prior kind (action-state, action-only) and shared by the rows that need it; runs that already finished are
 resumed (``--ckpt_path last``) rather than retrained, so the script can be interrupted and rerun.
 
-    .venv/bin/python benchmarks/ablations.py                                  # the CPU defaults (~1 h)
-    .venv/bin/python benchmarks/ablations.py --stage2-steps 1000 --eval-episodes-per-task 5
+    .venv/bin/python actionprior/study/ablations.py                                  # the CPU defaults (~1 h)
+    .venv/bin/python actionprior/study/ablations.py --stage2-steps 1000 --eval-episodes-per-task 5
     make reproduce                                                            # the same
 """
 

@@ -4,7 +4,7 @@ A raw observation is what a simulator or robot produces, plus the embodiment nam
 
     {"embodiment": str, "state": float [Ds], "images": {camera: uint8 [h, w, 3]}, "instruction": str}
 
-The same validator runs in-process (:class:`~actionprior.evaluation.policy.Policy`) and in the policy
+The same validator runs in-process (:class:`~actionprior.inference.policy.Policy`) and in the policy
 server, so a request that the server accepts is exactly one that ``Policy.act`` accepts.
 """
 

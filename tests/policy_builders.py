@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from test_vla_fixtures import TINY_PRIOR
+from vla_builders import TINY_PRIOR
 
 from actionprior.data.normalization import Normalizer
 from actionprior.data.stats import compute_stats

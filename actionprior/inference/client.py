@@ -1,4 +1,4 @@
-"""A small synchronous client for :mod:`actionprior.evaluation.server`, with the Policy interface.
+"""A small synchronous client for :mod:`actionprior.inference.server`, with the Policy interface.
 
 with PolicyClient("ws://127.0.0.1:8765") as policy:
     policy.reset()
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from websockets.sync.client import ClientConnection, connect
 
-from actionprior.evaluation.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
+from actionprior.inference.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
 
 
 class PolicyServerError(RuntimeError):

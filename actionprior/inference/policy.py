@@ -3,7 +3,7 @@
 :class:`Policy` wraps the VLA with the same :class:`~actionprior.data.normalization.Normalizer` that
 training used (it travels inside the checkpoint), builds the model's batch (docs/contracts.md) from one
 raw observation plus the history ring buffer, samples an action chunk, un-normalises it and queues the
-first ``replan_every`` actions (see :class:`~actionprior.evaluation.base.BasePolicy`).
+first ``replan_every`` actions (see :class:`~actionprior.inference.base.BasePolicy`).
 
 Sampling noise comes from a generator re-seeded on every ``reset()``, so an episode is reproducible and
 a server connection produces exactly the actions of an in-process policy with the same seed.
@@ -20,8 +20,8 @@ import torch
 
 from actionprior.data.normalization import Normalizer
 from actionprior.embodiments import EmbodimentError
-from actionprior.evaluation.base import BasePolicy, History
-from actionprior.evaluation.observation import ObservationSpec
+from actionprior.inference.base import BasePolicy, History
+from actionprior.inference.observation import ObservationSpec
 
 
 class PolicyCheckpointError(ValueError):
@@ -73,7 +73,7 @@ class Policy(BasePolicy):
         ``expected_stats`` (a fingerprint or a ``stats.json``) makes the policy refuse a checkpoint trained
         on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks.
         """
-        from actionprior.training.checkpointing import load_checkpoint_file
+        from actionprior.checkpoint import load_checkpoint_file
         from actionprior.training.vla_module import build_vla_from_checkpoint
 
         source = str(path)

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from actionprior.evaluation.observation import ObservationError, ObservationSpec, validate_observation
+from actionprior.inference.observation import ObservationError, ObservationSpec, validate_observation
 
 
 @runtime_checkable

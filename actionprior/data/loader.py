@@ -1,0 +1,91 @@
+"""A fixed number of batches per epoch from a :class:`~actionprior.data.stream.WindowStream`, on every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from actionprior.data.stream import WindowStream
+
+
+def to_torch(batch: dict[str, Any]) -> dict[str, Any]:
+    """numpy arrays -> tensors (zero-copy); lists of strings stay lists."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def _keep_numpy(batch: dict[str, Any]) -> dict[str, Any]:
+    # Workers hand numpy batches back through the pipe (pickled: ~0.1 ms). Letting the DataLoader turn
+    # them into tensors first costs one shared-memory file descriptor per tensor: measured 16 ms a batch.
+    return batch
+
+
+def _distributed_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class StreamLoader:
+    """Exactly ``num_batches`` batches per epoch from a :class:`WindowStream`, on every rank.
+
+    A fixed count per rank (rather than "until the shards run out") is what makes DDP safe with any
+    number of shards. By default the endless stream (its workers, pools and caches) persists across
+    epochs and an epoch is simply the next ``num_batches`` batches. With ``fixed_epoch`` (validation)
+    every ``iter()`` restarts the stream from the same seeds, so every validation run sees the same
+    batches and losses are comparable across epochs.
+    """
+
+    def __init__(
+        self,
+        dataset: WindowStream,
+        num_batches: int,
+        num_workers: int = 0,
+        fixed_epoch: bool = False,
+        prefetch_factor: int = 4,
+        pin_memory: bool = False,
+    ):
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        self.dataset = dataset
+        self.num_batches = num_batches
+        self.num_workers = num_workers
+        self.fixed_epoch = fixed_epoch
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self._epoch = 0
+        self._stream: Iterator[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _start(self) -> Iterator[dict[str, Any]]:
+        # Set in this process before the DataLoader copies the dataset into its workers.
+        self.dataset.rank, self.dataset.world_size = _distributed_rank()
+        self.dataset.epoch = 0 if self.fixed_epoch else self._epoch
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,  # the stream collates itself
+            collate_fn=_keep_numpy,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+            pin_memory=self.pin_memory,
+        )
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.fixed_epoch or self._stream is None:
+            self._stream = self._start()
+        self._epoch += 1
+        stream = self._stream
+        for _ in range(self.num_batches):
+            yield to_torch(next(stream))
+        if self.fixed_epoch:
+            self._stream = None  # shuts the workers down until the next validation run
+
+    def close(self) -> None:
+        """Stop the workers now (they also stop when the loader is garbage collected)."""
+        self._stream = None

@@ -1,0 +1,142 @@
+"""Shard files of a dataset: which to read for a view and split, and their raw and decoded samples.
+
+Shards are plain WebDataset tars (written by ``wds.TarWriter``) read by :mod:`actionprior.data.tario`,
+which groups members into samples with WebDataset's key rule but parses headers ~10x faster than
+``tarfile``. Fields are decoded with :mod:`actionprior.data.schema` (``allow_pickle=False``); WebDataset's
+``.decode()`` is never used because its default handlers can unpickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import webdataset as wds
+
+from actionprior.data.schema import DataError, Episode, decode_png, decode_trajectory, frame_field
+from actionprior.data.splits import Split, in_split
+from actionprior.data.tario import iter_tar_samples
+from actionprior.data.writer import load_manifest
+from actionprior.embodiments import EmbodimentRegistry
+
+View = Literal["trajectory", "observation"]
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """One dataset as a stream sees it: the shard files of one view that hold episodes of one split."""
+
+    directory: str
+    weight: float
+    urls: tuple[str, ...]
+    num_episodes: int
+    num_transitions: int
+
+
+def shard_source(
+    directory: str | Path,
+    view: View,
+    split: Split,
+    val_fraction: float,
+    weight: float = 1.0,
+    manifest: dict[str, Any] | None = None,
+) -> ShardSource:
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else load_manifest(directory)
+    field = "traj" if view == "trajectory" else "obs"
+    urls, episodes, transitions = [], 0, 0
+    for shard in manifest["shards"]:
+        chosen = [e for e in shard["episodes"] if in_split(e["key"], split, val_fraction)]
+        if chosen:
+            urls.append(str(directory / shard[field]))
+            episodes += len(chosen)
+            transitions += sum(int(e["length"]) for e in chosen)
+    return ShardSource(str(directory), float(weight), tuple(urls), episodes, transitions)
+
+
+def _open_shard(url: str) -> BinaryIO:
+    # One place where shard files are opened (tests record the URLs here). WebDataset's gopen reads local
+    # paths as well as its stream URLs (``pipe:aws s3 cp s3://bucket/traj-0.tar -``, http(s), ...).
+    return wds.gopen(url, "rb")
+
+
+def iter_shard(url: str) -> Iterator[dict[str, Any]]:
+    """Raw samples (``__key__`` plus bytes per field) of one tar, with a clear error for broken tars."""
+    try:
+        with _open_shard(url) as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise DataError(f"{url}: cannot read shard ({exc})") from exc
+    yield from iter_tar_samples(data, url, verify=False)
+
+
+def decode_sample(
+    sample: dict[str, Any], registry: EmbodimentRegistry
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Trajectory fields of a raw sample, validated against the embodiment spec."""
+    where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
+    state, action, meta = decode_trajectory(sample, where)
+    name = meta["embodiment"]
+    if name not in registry:
+        raise DataError(f"{where}: embodiment '{name}' is not in the registry {registry.names}")
+    spec = registry[name]
+    if state.shape[1] != spec.state_dim or action.shape[1] != spec.action_dim:
+        raise DataError(
+            f"{where}: state/action dims {state.shape[1]}/{action.shape[1]} do not match "
+            f"embodiment '{name}' ({spec.state_dim}/{spec.action_dim})"
+        )
+    return state, action, meta
+
+
+def iter_episodes(
+    directory: str | Path,
+    registry: EmbodimentRegistry,
+    split: Split = "all",
+    val_fraction: float = 0.0,
+    with_frames: bool = False,
+) -> Iterator[Episode]:
+    """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation)."""
+    source = shard_source(directory, "observation" if with_frames else "trajectory", split, val_fraction)
+    for url in source.urls:
+        for sample in iter_shard(url):
+            if not in_split(sample["__key__"], split, val_fraction):
+                continue
+            state, action, meta = decode_sample(sample, registry)
+            frames = {}
+            if with_frames:
+                where = f"{url}:{sample['__key__']}"
+                for cam in meta.get("cameras", []):
+                    frames[cam] = np.stack([_frame(sample, cam, t, where) for t in range(len(state))])
+            extra = {k: v for k, v in meta.items() if k not in Episode.__dataclass_fields__}
+            for k in ("length", "cameras", "schema_version"):
+                extra.pop(k, None)
+            yield Episode(
+                key=sample["__key__"],
+                embodiment=meta["embodiment"],
+                task=meta["task"],
+                instruction=meta["instruction"],
+                state=state,
+                action=action,
+                success=bool(meta["success"]),
+                control_rate_hz=float(meta["control_rate_hz"]),
+                frames=frames,
+                extra=extra,
+            )
+
+
+def _frame(sample: dict[str, Any], camera: str, t: int, where: str) -> np.ndarray:
+    name = frame_field(camera, t)
+    if name not in sample:
+        raise DataError(f"{where}: missing frame field '{name}'")
+    return decode_png(sample[name], f"{where} {name}")
+
+
+def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+    if frame.shape[0] == size and frame.shape[1] == size:
+        return frame
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
