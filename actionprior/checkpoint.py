@@ -1,13 +1,22 @@
-"""What a Stage 1 checkpoint carries besides weights, how to load it, and how to refuse an incompatible one.
+"""Checkpoints: what they carry besides weights, how they are read and checked, and models built from them.
 
-``checkpoint["actionprior"]`` holds the embodiment specs, the normalisation statistics with their
-fingerprint and the model configuration, so a policy or Stage 2 can rebuild the action prior without the
-training data, and a mismatch (different robots, dims, statistics or architecture) fails loudly, naming it.
+Torch only (no Lightning), so that inference never imports the training stack. ``checkpoint["actionprior"]``
+(the *payload*) holds the embodiment specs, the normalisation statistics with their fingerprint and the action
+prior's configuration; a Stage 2 checkpoint adds a ``vla`` entry (the :class:`~actionprior.models.vla.VLAConfig`,
+camera order, image size, history length, where the prior came from, and the backbone *spec*: the text of the
+files ``save_pretrained`` writes, so the backbone rebuilds with no hub). A mismatch (other robots, dims,
+statistics or architecture) fails loudly, naming it.
+
+A checkpoint file is read once (:func:`read_checkpoint`) into a :class:`StoredCheckpoint`, from which the
+settings, the compatibility checks and the models are all taken.
 """
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +27,26 @@ from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 
 CHECKPOINT_KEY = "actionprior"
-FORMAT_VERSION = 1
-# Model-config keys that fix the weights' shapes and meaning; the rest (sampling steps, flow-time
-# distribution, dropout, chunk length) may change when resuming or reusing a checkpoint.
-ARCHITECTURE_KEYS = (
-    "width",
-    "depth",
-    "heads",
-    "latent_dim",
-    "max_state_dim",
-    "max_action_dim",
-    "state_dims",
-    "action_dims",
-    "io_mode",
-    "use_state",
-)
+FORMAT_VERSION = 2
+# Where the LightningModules keep their nn.Module: the state_dict prefix of the model's weights.
+MODEL_PREFIX = "model."
 
 
-# The action-prior settings a Stage 2 module takes from its Stage 1 checkpoint when they are not set in its
-# config: the architecture (compared, must match) and the flow-matching/sampling settings (inherited).
-PRIOR_SETTINGS = (
-    "width",
-    "depth",
-    "heads",
-    "latent_dim",
-    "io_mode",
-    "use_state",
-    "dropout",
-    "flow_alpha",
-    "flow_beta",
-    "sample_steps",
-)
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or used: not a checkpoint, another stage, or incompatible."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint does not fit the embodiments, normalisation or model configuration it is loaded into."""
 
 
 def checkpoint_payload(
-    config: ActionPriorConfig, registry: EmbodimentRegistry, normalizer: Normalizer
+    config: ActionPriorConfig,
+    registry: EmbodimentRegistry,
+    normalizer: Normalizer,
+    vla: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    payload = {
         "format_version": FORMAT_VERSION,
         "model_config": config.to_dict(),
         "embodiments": registry.to_dicts(),
@@ -66,6 +54,9 @@ def checkpoint_payload(
         "normalization": normalizer.to_dict(),
         "normalization_fingerprint": normalizer.fingerprint,
     }
+    if vla is not None:
+        payload["vla"] = dict(vla)
+    return payload
 
 
 def compatibility_problems(
@@ -77,8 +68,8 @@ def compatibility_problems(
 ) -> list[str]:
     """Differences between a stored payload and what the caller has; empty when compatible.
 
-    ``config_keys`` restricts the model-config comparison (e.g. Stage 2 only cares about the architecture,
-    not ``sample_steps``); by default every key is compared.
+    ``config_keys`` restricts the model-config comparison (e.g. Stage 2 only cares about
+    :meth:`ActionPriorConfig.architecture_keys`); by default every key is compared.
     """
     problems: list[str] = []
     stored_registry = EmbodimentRegistry.from_dicts(stored["embodiments"])
@@ -124,62 +115,132 @@ def check_compatible(stored: Mapping[str, Any], source: str, **kwargs: Any) -> N
     """Raise :class:`CheckpointMismatchError` listing every difference (see :func:`compatibility_problems`)."""
     problems = compatibility_problems(stored, **kwargs)
     if problems:
-        listing = "\n  - ".join(problems)
-        raise CheckpointMismatchError(f"{source} is incompatible with this configuration:\n  - {listing}")
+        listing = "; ".join(problems)
+        raise CheckpointMismatchError(f"{source} is incompatible with this configuration: {listing}")
 
 
 def read_payload(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
     payload = checkpoint.get(CHECKPOINT_KEY)
-    if payload is None:
-        raise CheckpointMismatchError(
-            f"{source} has no '{CHECKPOINT_KEY}' entry: it is not an actionprior Stage 1 checkpoint "
-            f"(top-level keys: {sorted(checkpoint)})"
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(
+            f"{source} has no '{CHECKPOINT_KEY}' entry: it is not an actionprior checkpoint "
+            f"(top-level keys: {sorted(map(str, checkpoint))[:10]})"
         )
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointMismatchError(
+        raise CheckpointError(
             f"{source}: checkpoint format version {version}, this code reads {FORMAT_VERSION}"
         )
     return dict(payload)
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict of a file, or one line saying why it is not one (no unpickling of code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # Lightning checkpoints of this project hold only tensors and plain containers: no unpickling of code.
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint
 
 
-def prior_settings(path: str | Path) -> dict[str, Any]:
-    """The :data:`PRIOR_SETTINGS` of the action prior in a Stage 1 checkpoint."""
-    config = read_payload(load_checkpoint_file(path), f"Stage 1 checkpoint '{path}'")["model_config"]
-    return {key: config[key] for key in PRIOR_SETTINGS}
+@dataclass
+class StoredCheckpoint:
+    """One checkpoint read from disk: its payload decoded, its weights, and the models it describes."""
+
+    source: str
+    checkpoint: dict[str, Any]
+    payload: dict[str, Any]
+    registry: EmbodimentRegistry
+    normalizer: Normalizer
+    prior_config: ActionPriorConfig
+
+    @property
+    def stage(self) -> int:
+        return 2 if "vla" in self.payload else 1
+
+    @property
+    def vla_settings(self) -> dict[str, Any]:
+        if self.stage != 2:
+            raise CheckpointError(
+                f"{self.source} is a Stage 1 (action prior) checkpoint, not a Stage 2 VLA checkpoint"
+            )
+        return dict(self.payload["vla"])
+
+    @classmethod
+    def from_dict(cls, checkpoint: dict[str, Any], source: str) -> StoredCheckpoint:
+        payload = read_payload(checkpoint, source)
+        try:
+            registry = EmbodimentRegistry.from_dicts(payload["embodiments"])
+            normalizer = Normalizer.from_dict(payload["normalization"], registry)
+            config = ActionPriorConfig.from_dict(payload["model_config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: its actionprior entry is malformed ({exc})") from None
+        return cls(source, checkpoint, payload, registry, normalizer, config)
+
+    @classmethod
+    def read(cls, path: str | Path, map_location: str | torch.device = "cpu") -> StoredCheckpoint:
+        return cls.from_dict(load_checkpoint_file(path, map_location), str(path))
+
+    def expect_stage(self, stage: int, what: str) -> StoredCheckpoint:
+        if self.stage != stage:
+            kinds = {1: "a Stage 1 (action prior)", 2: "a Stage 2 (VLA)"}
+            raise CheckpointError(
+                f"{what}: {self.source} is {kinds[self.stage]} checkpoint, not {kinds[stage]} one"
+            )
+        return self
+
+    def model_state(self, prefix: str = MODEL_PREFIX) -> dict[str, torch.Tensor]:
+        state = self.checkpoint.get("state_dict") or {}
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not weights:
+            raise CheckpointError(f"{self.source}: no weights under the prefix '{prefix}' in its state_dict")
+        return weights
+
+    def build_prior(self) -> ActionPrior:
+        """The trained :class:`ActionPrior` (eval mode): of a Stage 1 checkpoint, or the prior inside a VLA."""
+        model = ActionPrior(self.prior_config)
+        weights = self.model_state()
+        if self.stage == 2:
+            weights = {k[len("prior.") :]: v for k, v in weights.items() if k.startswith("prior.")}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise CheckpointMismatchError(
+                f"{self.source}: weights do not match the stored model config "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        return model.eval()
+
+    def build_vla(self, attn_implementation: str = "auto") -> Any:
+        """The trained VLA (eval mode); needs no data and no network."""
+        from actionprior.models.vla import VLA, VLAConfig
+        from actionprior.models.vlm_backbone import VLMBackbone
+
+        settings = self.vla_settings
+        config = VLAConfig.from_dict(settings["config"])
+        backbone = VLMBackbone.from_spec(settings["backbone_spec"], attn_implementation)
+        vla = VLA.from_config(backbone, ActionPrior(self.prior_config), config)
+        try:
+            vla.load_state_dict(self.model_state())
+        except RuntimeError as exc:
+            raise CheckpointMismatchError(
+                f"{self.source}: weights do not match the stored VLA config ({str(exc).splitlines()[0]})"
+            ) from None
+        return vla.eval()
 
 
 def load_action_prior(
-    path: str | Path, map_location: str | torch.device = "cpu", prefix: str = "model."
+    path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[ActionPrior, EmbodimentRegistry, Normalizer, ActionPriorConfig]:
-    """Rebuild the trained :class:`ActionPrior` (eval mode), its registry, normaliser and config from a checkpoint.
-
-    ``prefix`` is where the ActionPrior's weights sit in the checkpoint's ``state_dict`` (``model.`` for
-    :class:`~actionprior.training.ActionPriorModule`).
-    """
-    checkpoint = load_checkpoint_file(path, map_location)
-    payload = read_payload(checkpoint, str(path))
-    registry = EmbodimentRegistry.from_dicts(payload["embodiments"])
-    normalizer = Normalizer.from_dict(payload["normalization"], registry)
-    config = ActionPriorConfig.from_dict(payload["model_config"])
-    model = ActionPrior(config)
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise CheckpointMismatchError(f"{path}: no weights under the prefix '{prefix}' in its state_dict")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{path}: weights do not match the stored model config (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-    return model.eval(), registry, normalizer, config
+    """Rebuild the trained :class:`ActionPrior` (eval mode), its registry, normaliser and config from a file."""
+    stored = StoredCheckpoint.read(path, map_location)
+    return stored.build_prior(), stored.registry, stored.normalizer, stored.prior_config
 
 
 def data_contract(

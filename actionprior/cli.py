@@ -32,6 +32,11 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
         "closed-loop evaluation of a checkpoint in simulation",
     ),
     ("serve",): ("actionprior.inference.server", "cli_main", "serve a checkpoint over websockets"),
+    ("export",): (
+        "actionprior.inference.export",
+        "cli_main",
+        "write a Stage 2 checkpoint as a shareable folder (safetensors + JSON)",
+    ),
     ("demo",): ("actionprior.demo", "cli_main", "the whole pipeline on the embedded CPU defaults"),
 }
 

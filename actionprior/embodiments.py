@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 DEFAULT_EMBODIMENT_DIR = Path(__file__).resolve().parent.parent / "configs" / "embodiments"
@@ -180,6 +181,11 @@ class EmbodimentRegistry:
     @property
     def action_dims(self) -> list[int]:
         return [s.action_dim for s in self._specs]
+
+    def dim_masks(self, kind: str) -> np.ndarray:
+        """``[E, max_dim]`` bool: True on each embodiment's own ``state``/``action`` columns of the padded layout."""
+        dims = {"state": self.state_dims, "action": self.action_dims}[kind]
+        return np.arange(max(dims))[None, :] < np.array(dims)[:, None]
 
     def fingerprint(self) -> str:
         payload = json.dumps([s.io_signature() for s in self._specs], sort_keys=True)

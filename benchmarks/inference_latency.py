@@ -7,11 +7,11 @@ the query tokens to ``z'`` (``backbone``), and integrate the flow decoder for N 
 
     .venv/bin/python benchmarks/inference_latency.py                      # configs/stage2.yaml's model
     .venv/bin/python benchmarks/inference_latency.py --ckpt runs/stage2/last.ckpt --threads 1 2
-    .venv/bin/python benchmarks/inference_latency.py --use-history --sampling-steps 5 10 --json out.json
+    .venv/bin/python benchmarks/inference_latency.py --use-history --sample-steps 5 10 --json out.json
 
 Without ``--ckpt`` the model is the one ``--config`` (default configs/stage2.yaml, the tiny CPU default)
 describes, with random weights (latency does not depend on them), over configs/embodiments. Without
-``--sampling-steps`` the decoder runs the model's configured number of Euler steps.
+``--sample-steps`` the decoder runs the model's configured number of Euler steps.
 Use ``--threads 1`` figures: on a shared 2-core machine, 2 intra-op threads were ~10x slower (measured).
 
 A shared (virtualised) CPU changes speed from minute to minute, by up to ~1.5x on the machine this was
@@ -171,7 +171,7 @@ def measure(
         policy.history.append(obs["state"] + k, np.zeros(policy.registry[embodiment].action_dim, np.float32))
     valid = validate_observation(obs, policy.obs_spec)
     gen = torch.Generator().manual_seed(0)
-    policy.sampling_steps = steps
+    policy.sample_steps = steps
     timer = Timer()
     for i in range(warmup + iters):
         rec = i >= warmup
@@ -224,7 +224,7 @@ def main() -> None:
     )
     p.add_argument("--embodiment", default=None, help="default: the first one the policy knows")
     p.add_argument(
-        "--sampling-steps", type=int, nargs="+", default=None, help="default: the model's sample_steps"
+        "--sample-steps", type=int, nargs="+", default=None, help="default: the model's sample_steps"
     )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--iters", type=int, default=30)
@@ -250,7 +250,7 @@ def main() -> None:
         f"{source}: {embodiment}, {len(policy.obs_spec.cameras_for(embodiment))} cameras at "
         f"{args.image_size}px, chunk {policy.chunk_len}, history {policy.history_len}, params {n_params}"
     )
-    steps_list = args.sampling_steps or [policy.model.prior.config.sample_steps]
+    steps_list = args.sample_steps or [policy.model.prior.config.sample_steps]
     torch.set_num_threads(1)
     speed_before = host_speed()
     table = Table(title="latency per chunk, ms: wall median / p90 | thread CPU median")
@@ -263,7 +263,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         for steps in steps_list:
             res = measure(policy, embodiment, steps, args.iters, args.warmup)
-            rows.append({"threads": threads, "sampling_steps": steps, **res})
+            rows.append({"threads": threads, "sample_steps": steps, **res})
             table.add_row(
                 str(threads),
                 str(steps),

@@ -39,17 +39,17 @@ def write_tiny_checkpoint(
     path: Path, use_history: bool = True, registry: EmbodimentRegistry | None = None, cameras=CAMERAS
 ) -> Path:
     """Untrained weights; ``registry`` defaults to the synthetic embodiments (the simulator ones for sim tests)."""
+    from actionprior.models.action_prior import ActionPriorConfig
+    from actionprior.models.vla import VLAConfig
     from actionprior.training.vla_module import VLAModule
 
     registry = registry or synthetic_registry()
     normalizer = Normalizer(tiny_stats(registry), registry)
     torch.manual_seed(0)
     module = VLAModule(
-        backbone="tiny:qwen3_vl",
-        **TINY_PRIOR,
+        vla=VLAConfig(backbone="tiny:qwen3_vl", head_hidden=32, use_history=use_history),
+        prior=ActionPriorConfig(**TINY_PRIOR),
         chunk_len=CHUNK,
-        head_hidden=32,
-        use_history=use_history,
         camera_names=list(cameras),
         embodiments=registry.to_dicts(),
         normalization=normalizer.to_dict(),

@@ -70,8 +70,8 @@ def _tiny_args(data: Path, run: Path, probe: Path, max_steps: int) -> list[str]:
         "--data.datasets", f"[{{path: {data}, weight: 1.0}}]",
         "--data.batch_size", "4", "--data.batches_per_epoch", "3", "--data.num_workers", "0",
         "--data.shuffle_buffer", "4", "--data.chunk_len", "4", "--data.history_len", "2",
-        "--model.init_args.width", "16", "--model.init_args.depth", "1", "--model.init_args.heads", "2",
-        "--model.init_args.latent_dim", "8", "--model.init_args.warmup_steps", "1",
+        "--model.init_args.prior.width", "16", "--model.init_args.prior.depth", "1", "--model.init_args.prior.heads", "2",
+        "--model.init_args.prior.latent_dim", "8", "--model.init_args.warmup_steps", "1",
         "--trainer.max_steps", str(max_steps), "--trainer.limit_val_batches", "0",
         "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
         "--checkpoint.every_n_train_steps", "2",
@@ -127,7 +127,7 @@ def test_stage2_two_process_ddp_keeps_replicas_identical(dataset: Path, tmp_path
     """Lightning's own launcher (the single-node path) starts 2 gloo processes; no prior, so lambda = 0 and the
     action encoder gets no gradient: configs/cluster/ddp.yaml must cope with that."""
     run, probe = tmp_path / "run", tmp_path / "probe"
-    args = [*_tiny_args(dataset, run, probe, max_steps=2), "--model.init_args.head_hidden", "16"]
+    args = [*_tiny_args(dataset, run, probe, max_steps=2), "--model.init_args.vla.head_hidden", "16"]
     args = ["-c", "configs/ablations/no_prior.yaml", *args]
     out = _launch(
         2,

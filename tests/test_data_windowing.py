@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actionprior.data.windowing import cut_window, cut_windows, dim_mask, gather_windows, pad_episode
+from actionprior.data.windowing import cut_window, cut_windows, gather_windows, pad_episode
 
 
 def _episode(length: int = 5, ds: int = 2, da: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +79,11 @@ def test_out_of_range_start_and_overwide_data_are_refused() -> None:
         cut_window(state, action, t=0, chunk_len=2, history_len=1, state_width=1, action_width=1)
 
 
-def test_dim_mask() -> None:
-    assert dim_mask(2, 4).tolist() == [True, True, False, False]
-    with pytest.raises(ValueError):
-        dim_mask(5, 4)
+def test_registry_dim_masks() -> None:
+    from actionprior.data.synthetic import synthetic_registry
+
+    registry = synthetic_registry()  # state dims 6, 9, 11; action dims 4, 7, 8
+    masks = registry.dim_masks("action")
+    assert masks.shape == (3, 8) and masks.sum(1).tolist() == [4, 7, 8]
+    assert masks[0].tolist() == [True] * 4 + [False] * 4
+    assert registry.dim_masks("state").sum(1).tolist() == [6, 9, 11]

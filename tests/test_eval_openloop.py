@@ -15,6 +15,8 @@ from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import Episode
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.evaluation.callbacks import OpenLoopActionError
+from actionprior.models.action_prior import ActionPriorConfig
+from actionprior.models.vla import VLAConfig
 
 CHUNK = 4
 
@@ -101,10 +103,9 @@ def test_callback_logs_metrics_during_validation(tmp_path) -> None:
         image_size=16,
     )
     module = VLAModule(
-        backbone="tiny:qwen3_vl",
-        **{**TINY_PRIOR, "sample_steps": 2},
+        vla=VLAConfig(backbone="tiny:qwen3_vl", head_hidden=32),
+        prior=ActionPriorConfig(**{**TINY_PRIOR, "sample_steps": 2}),
         chunk_len=CHUNK,
-        head_hidden=32,
         camera_names=dm.camera_names,
         embodiments=dm.embodiments,
         normalization=dm.normalization,

@@ -54,13 +54,13 @@ def _record(tmp_path: Path) -> dict:
     write_synthetic_dataset(data, episodes_per_embodiment=4, image_size=32)
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
     run(["fit", "-c", str(CONFIGS / "stage1.yaml"), "--data.datasets", f"[{{path: {data}}}]", *DATA,
-         "--model.init_args.width", "32", "--model.init_args.depth", "1", "--model.init_args.heads", "2",
-         "--model.init_args.latent_dim", "8", "--model.init_args.sample_steps", "3",
+         "--model.init_args.prior.width", "32", "--model.init_args.prior.depth", "1", "--model.init_args.prior.heads", "2",
+         "--model.init_args.prior.latent_dim", "8", "--model.init_args.prior.sample_steps", "3",
          "--model.init_args.warmup_steps", "2", "--trainer.val_check_interval", "10",
          "--trainer.default_root_dir", str(s1), "--trainer.logger.init_args.save_dir", str(s1)])  # fmt: skip
     run(["fit", "-c", str(CONFIGS / "stage2.yaml"), "--data.datasets", f"[{{path: {data}}}]", *DATA,
-         "--data.image_size", "32", "--model.init_args.num_queries", "1", "--model.init_args.head_hidden", "16",
-         "--model.init_args.use_history", "true", "--model.init_args.warmup_steps", "2",
+         "--data.image_size", "32", "--model.init_args.vla.num_queries", "1", "--model.init_args.vla.head_hidden", "16",
+         "--model.init_args.vla.use_history", "true", "--model.init_args.warmup_steps", "2",
          "--trainer.val_check_interval", "10", "--stage1_ckpt", str(s1 / "checkpoints" / "last.ckpt"),
          "--trainer.default_root_dir", str(s2), "--trainer.logger.init_args.save_dir", str(s2)])  # fmt: skip
     policy = Policy.from_checkpoint(s2 / "checkpoints" / "last.ckpt", seed=3)

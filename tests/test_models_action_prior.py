@@ -25,7 +25,7 @@ def _config(**overrides) -> ActionPriorConfig:
         state_dims=STATE_DIMS,
         action_dims=ACTION_DIMS,
     )
-    return ActionPriorConfig(**{**base, **overrides})
+    return ActionPriorConfig.from_dict({**base, **overrides})
 
 
 def _batch(b: int = 6, h: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:

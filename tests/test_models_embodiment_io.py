@@ -83,17 +83,19 @@ def test_embodiment_ids_are_checked():
 @pytest.mark.parametrize("io_mode", ["projection", "padded"])
 def test_mixed_batch_equals_per_sample_computation(io_mode):
     torch.manual_seed(0)
-    config = ActionPriorConfig(
-        width=32,
-        depth=1,
-        heads=2,
-        latent_dim=8,
-        chunk_len=4,
-        max_state_dim=6,
-        max_action_dim=5,
-        state_dims=[6, 3, 4],
-        action_dims=[2, 5, 3],
-        io_mode=io_mode,
+    config = ActionPriorConfig.from_dict(
+        dict(
+            width=32,
+            depth=1,
+            heads=2,
+            latent_dim=8,
+            chunk_len=4,
+            max_state_dim=6,
+            max_action_dim=5,
+            state_dims=[6, 3, 4],
+            action_dims=[2, 5, 3],
+            io_mode=io_mode,
+        )
     )
     model = ActionPrior(config).eval()
     eid = torch.tensor([1, 0, 2, 1, 0])

@@ -19,8 +19,8 @@ pytest.importorskip("robosuite")
 
 TASKS = ["metaworld_sawyer/drawer-open", "robosuite_panda_osc/lift"]
 # A tiny prior, set in Stage 1 only: Stage 2 reads it from the Stage 1 checkpoint.
-PRIOR = ["--model.init_args.width=32", "--model.init_args.depth=1", "--model.init_args.heads=2",
-         "--model.init_args.latent_dim=16", "--model.init_args.sample_steps=3"]  # fmt: skip
+PRIOR = ["--model.init_args.prior.width=32", "--model.init_args.prior.depth=1", "--model.init_args.prior.heads=2",
+         "--model.init_args.prior.latent_dim=16", "--model.init_args.prior.sample_steps=3"]  # fmt: skip
 DATA = ["--data.chunk_len=4", "--data.history_len=2", "--data.batch_size=4", "--data.num_workers=0",
         "--data.val_fraction=0", "--data.shuffle_buffer=32", "--trainer.enable_progress_bar=false"]  # fmt: skip
 
@@ -42,7 +42,7 @@ def test_collect_train_both_stages_then_evaluate_in_closed_loop(tmp_path) -> Non
     _fit("configs/stage1.yaml", data, tmp_path / "s1", 6, "--checkpoint.every_n_train_steps=100", *PRIOR)
     stage1_ckpt = tmp_path / "s1" / "checkpoints" / "last.ckpt"
     _fit("configs/stage2.yaml", data, tmp_path / "s2", 4, f"--stage1_ckpt={stage1_ckpt}",
-         "--data.image_size=32", "--model.init_args.num_queries=1", "--model.init_args.head_hidden=32")  # fmt: skip
+         "--data.image_size=32", "--model.init_args.vla.num_queries=1", "--model.init_args.vla.head_hidden=32")  # fmt: skip
     stage2_ckpt = tmp_path / "s2" / "checkpoints" / "last.ckpt"
 
     checkpoint = torch.load(stage2_ckpt, map_location="cpu", weights_only=True)

@@ -91,8 +91,8 @@ def test_policy_queue_replans_every_n_and_keeps_history() -> None:
     got = [policy.act(obs)[0] for _ in range(5)]
     # steps 0,1 from the chunk planned with empty history; 2,3 after 2 steps of history; 4 with 3 (capped).
     np.testing.assert_allclose(got, [s, s + 1, s + 200, s + 201, s + 300], rtol=1e-6)
-    states, actions, mask = policy.history.arrays(3, 2)
-    assert mask.tolist() == [True, True, True] and actions[-1, 0] == pytest.approx(s + 300)
+    states, actions = policy.history.recent()
+    assert len(states) == len(actions) == 3 and actions[-1, 0] == pytest.approx(s + 300)
     policy.reset()
     assert policy.act(obs)[0] == pytest.approx(s)
     with pytest.raises(ObservationError, match="embodiment changed from 'arm3' to 'arm5'"):

@@ -8,6 +8,7 @@ import torch
 
 from actionprior.checkpoint import (
     CHECKPOINT_KEY,
+    CheckpointError,
     CheckpointMismatchError,
     check_compatible,
     load_action_prior,
@@ -16,9 +17,10 @@ from actionprior.data.normalization import Normalizer
 from actionprior.data.stats import compute_stats
 from actionprior.data.synthetic import make_episode, synthetic_registry
 from actionprior.embodiments import EmbodimentRegistry
+from actionprior.models.action_prior import ActionPriorConfig
 from actionprior.training import ActionPriorModule
 
-TINY = dict(width=32, depth=1, heads=2, latent_dim=8, chunk_len=4, sample_steps=3)
+TINY = dict(prior=ActionPriorConfig(width=32, depth=1, heads=2, latent_dim=8, sample_steps=3), chunk_len=4)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,15 @@ def data() -> tuple[EmbodimentRegistry, dict]:
     return registry, compute_stats((ep.embodiment, ep.state, ep.action) for ep in episodes)
 
 
-def _module(registry: EmbodimentRegistry, stats: dict, mode: str = "quantile", **kw) -> ActionPriorModule:
+def _module(registry: EmbodimentRegistry, stats: dict, mode: str = "quantile", **prior) -> ActionPriorModule:
+    """A tiny Stage 1 module; ``prior`` overrides settings of the tiny prior."""
     normalizer = Normalizer(stats, registry, mode)
+    config = replace(TINY["prior"], **prior)
     return ActionPriorModule(
-        **{**TINY, **kw}, embodiments=registry.to_dicts(), normalization=normalizer.to_dict()
+        prior=config,
+        chunk_len=TINY["chunk_len"],
+        embodiments=registry.to_dicts(),
+        normalization=normalizer.to_dict(),
     )
 
 
@@ -118,13 +125,17 @@ def test_resuming_into_a_different_module_fails_before_loading_weights(data, tmp
         CheckpointMismatchError, match="model config: depth is 1 in the checkpoint but 2 here"
     ):
         other.on_load_checkpoint(checkpoint)
-    # Sampling settings are not architecture: resuming with more Euler steps is allowed.
-    _module(registry, stats, sample_steps=20).on_load_checkpoint(checkpoint)
+    # Resuming is exact: a setting given differently from the checkpoint's is refused, not ignored.
+    with pytest.raises(CheckpointMismatchError, match="sample_steps is 3 in the checkpoint but 20 here"):
+        _module(registry, stats, sample_steps=20).on_load_checkpoint(checkpoint)
+    _module(registry, stats).on_load_checkpoint(checkpoint)
 
 
 def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(CheckpointMismatchError, match="not an actionprior Stage 1 checkpoint"):
+    with pytest.raises(
+        CheckpointError, match="foreign.ckpt has no 'actionprior' entry: it is not an actionprior checkpoint"
+    ):
         load_action_prior(tmp_path / "foreign.ckpt")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_action_prior(tmp_path / "missing.ckpt")
@@ -133,3 +144,15 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 def test_module_requires_data_description():
     with pytest.raises(ValueError, match="needs `embodiments` and `normalization`"):
         ActionPriorModule(**TINY)
+
+
+def test_unreadable_files_are_refused_in_one_line_naming_the_path(tmp_path):
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, good)
+    (tmp_path / "truncated.ckpt").write_bytes(good.read_bytes()[:-700])
+    for name in ("empty", "random", "truncated"):
+        with pytest.raises(CheckpointError, match=rf"{name}.ckpt: not a readable checkpoint") as info:
+            load_action_prior(tmp_path / f"{name}.ckpt")
+        assert "\n" not in str(info.value)

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from actionprior.checkpoint import CheckpointMismatchError, prior_settings
+from actionprior.checkpoint import CheckpointError, CheckpointMismatchError, StoredCheckpoint
 from actionprior.data.synthetic import write_synthetic_dataset
+from actionprior.models.action_prior import ActionPriorConfig
+from actionprior.training.configs import settings_dict
 from actionprior.training.lightning_cli import run
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -22,16 +24,16 @@ def stage1(tmp_path_factory) -> tuple[Path, Path]:
     data = root / "synth"
     write_synthetic_dataset(data, episodes_per_embodiment=4, image_size=32)
     run(["fit", "-c", str(CONFIGS / "stage1.yaml"), "--data.datasets", f"[{{path: {data}}}]", *DATA,
-         "--model.init_args.width", "32", "--model.init_args.depth", "1", "--model.init_args.heads", "2",
-         "--model.init_args.latent_dim", "8", "--model.init_args.sample_steps", "3",
-         "--model.init_args.flow_alpha", "2.0", "--trainer.max_steps", "1",
+         "--model.init_args.prior.width", "32", "--model.init_args.prior.depth", "1", "--model.init_args.prior.heads", "2",
+         "--model.init_args.prior.latent_dim", "8", "--model.init_args.prior.sample_steps", "3",
+         "--model.init_args.prior.flow_alpha", "2.0", "--trainer.max_steps", "1",
          "--trainer.default_root_dir", str(root / "s1"), "--trainer.logger.init_args.save_dir", str(root / "s1")])  # fmt: skip
     return data, root / "s1" / "checkpoints" / "last.ckpt"
 
 
 def _stage2(data: Path, root: Path, *extra: str) -> list[str]:
     return ["fit", "-c", str(CONFIGS / "stage2.yaml"), "--data.datasets", f"[{{path: {data}}}]", *DATA,
-            "--data.image_size", "32", "--model.init_args.num_queries", "1", "--model.init_args.head_hidden", "16",
+            "--data.image_size", "32", "--model.init_args.vla.num_queries", "1", "--model.init_args.vla.head_hidden", "16",
             "--model.init_args.warmup_steps", "0", "--trainer.max_steps", "1",
             "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root), *extra]  # fmt: skip
 
@@ -40,29 +42,49 @@ def test_stage2_takes_the_prior_settings_from_the_stage1_checkpoint(stage1, tmp_
     data, ckpt = stage1
     run(_stage2(data, tmp_path / "s2", "--stage1_ckpt", str(ckpt)))
     hparams = torch.load(tmp_path / "s2" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
-    stored = prior_settings(ckpt)
+    stored = settings_dict(StoredCheckpoint.read(ckpt).prior_config)
     assert stored["width"] == 32 and stored["latent_dim"] == 8 and stored["flow_alpha"] == 2.0
-    assert {k: hparams[k] for k in stored} == stored  # what Policy.from_checkpoint rebuilds the VLA with
+    assert hparams["prior"] == stored  # what Policy.from_checkpoint rebuilds the VLA with
     # Resuming without --stage1_ckpt takes them from the checkpoint being resumed.
     run(_stage2(data, tmp_path / "s2", "--ckpt_path", "last", "--trainer.max_steps", "2"))
     resumed = torch.load(tmp_path / "s2" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == 2 and resumed["hyper_parameters"]["latent_dim"] == 8
+    assert resumed["global_step"] == 2 and resumed["hyper_parameters"]["prior"]["latent_dim"] == 8
 
 
-def test_stage2_overrides_sampling_but_refuses_a_different_architecture(stage1, tmp_path):
+def test_stage2_refuses_a_prior_that_differs_from_the_checkpoint_and_checkpoints_of_the_wrong_stage(
+    stage1, tmp_path
+):
     data, ckpt = stage1
-    run(_stage2(data, tmp_path / "a", "--stage1_ckpt", str(ckpt), "--model.init_args.sample_steps", "7"))
-    hparams = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
-    assert hparams["sample_steps"] == 7 and hparams["width"] == 32
-    with pytest.raises(CheckpointMismatchError, match="latent_dim"):
-        run(_stage2(data, tmp_path / "b", "--stage1_ckpt", str(ckpt), "--model.init_args.latent_dim", "16"))
+    with pytest.raises(CheckpointMismatchError, match="latent_dim is 8 in the checkpoint but 16 here"):
+        run(
+            _stage2(
+                data, tmp_path / "b", "--stage1_ckpt", str(ckpt), "--model.init_args.prior.latent_dim", "16"
+            )
+        )
+    run(_stage2(data, tmp_path / "s2", "--stage1_ckpt", str(ckpt)))
+    stage2_ckpt = tmp_path / "s2" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"--stage1_ckpt: .*last.ckpt is a Stage 2 \(VLA\) checkpoint"):
+        run(_stage2(data, tmp_path / "c", "--stage1_ckpt", str(stage2_ckpt)))
+    # --ckpt_path of a Stage 1 checkpoint under a Stage 2 config: refused, not silently trained as Stage 1.
+    with pytest.raises(CheckpointError, match=r"is a Stage 1 \(action prior\) checkpoint"):
+        run(_stage2(data, tmp_path / "d", "--ckpt_path", str(ckpt)))
 
 
 def test_stage2_without_a_stage1_checkpoint_names_what_is_missing(stage1, tmp_path):
-    data, _ = stage1
-    with pytest.raises(ValueError, match=r"width, depth, heads, latent_dim.*Pass --stage1_ckpt"):
+    data, ckpt = stage1
+    with pytest.raises(ValueError, match=r"action prior's settings are not set.*Pass --stage1_ckpt"):
         run(_stage2(data, tmp_path / "c"))
-    # The no-prior baseline sets the settings itself and needs no checkpoint.
-    run(_stage2(data, tmp_path / "d", "-c", str(CONFIGS / "ablations" / "no_prior.yaml"),
-                "--trainer.default_root_dir", str(tmp_path / "d")))  # fmt: skip
-    assert (tmp_path / "d" / "checkpoints" / "last.ckpt").is_file()
+    # The no-prior baseline is the model's choice: it needs no checkpoint and refuses one.
+    baseline = [
+        "-c",
+        str(CONFIGS / "ablations" / "no_prior.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "d"),
+    ]
+    run(_stage2(data, tmp_path / "d", *baseline))
+    hparams = torch.load(tmp_path / "d" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["vla"]["action_prior"] == "scratch" and hparams["prior"] == settings_dict(
+        ActionPriorConfig()
+    )
+    with pytest.raises(ValueError, match="no-prior baseline was configured"):
+        run(_stage2(data, tmp_path / "e", *baseline[:2], "--stage1_ckpt", str(ckpt)))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from vla_builders import CHUNK, loader, module_kwargs, normalization, registry
+from vla_builders import CHUNK, TINY_PRIOR, loader, module_kwargs, normalization, registry
 
 from actionprior.checkpoint import CheckpointMismatchError
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.embodiments import EmbodimentRegistry
+from actionprior.models.action_prior import ActionPriorConfig
 from actionprior.training import ActionPriorModule
 from actionprior.training.transfer import ActionPriorTransfer, lambda_schedule
 from actionprior.training.vla_module import VLAModule
@@ -31,12 +32,8 @@ def _stage1(path, reg=None, norm=None, latent_dim: int = 16, seed: int = 1) -> A
     reg = reg or registry()
     torch.manual_seed(seed)
     module = ActionPriorModule(
-        width=32,
-        depth=1,
-        heads=2,
-        latent_dim=latent_dim,
+        prior=ActionPriorConfig(**{**TINY_PRIOR, "latent_dim": latent_dim}),
         chunk_len=CHUNK,
-        sample_steps=3,
         warmup_steps=0,
         embodiments=reg.to_dicts(),
         normalization=norm or normalization(reg),
@@ -72,11 +69,6 @@ def test_lambda_schedule_values():
         lambda_schedule(0, 0)
 
 
-def test_no_checkpoint_is_the_no_prior_baseline():
-    callback = ActionPriorTransfer(stage1_ckpt=None, decay_steps=10)
-    assert callback.aux_weight(0) == 0.0
-
-
 class _FreshTrainer:
     ckpt_path = None
     global_step = 0
@@ -86,12 +78,20 @@ def test_prior_and_baseline_must_each_be_asked_for(tmp_path):
     module = VLAModule(**module_kwargs())
     with pytest.raises(ValueError, match="no checkpoint was given: pass --stage1_ckpt"):
         ActionPriorTransfer().on_fit_start(_FreshTrainer(), module)
-    baseline = ActionPriorTransfer(stage1_ckpt=str(tmp_path / "s1.ckpt"), baseline_no_prior=True)
+    # Without the callback, the model itself refuses to train a 'stage1' VLA whose prior never loaded.
+    with pytest.raises(ValueError, match="action_prior is 'stage1' but no Stage 1 weights were loaded"):
+        module.on_fit_start()
+    baseline = VLAModule(**module_kwargs(action_prior="scratch"))
     with pytest.raises(ValueError, match="no-prior baseline was configured .* but a Stage 1 checkpoint"):
-        baseline.on_fit_start(_FreshTrainer(), module)
-    baseline = ActionPriorTransfer(baseline_no_prior=True)
-    baseline.on_fit_start(_FreshTrainer(), module)
-    assert module.aux_weight == 0.0 and baseline.loaded_from is None
+        ActionPriorTransfer(stage1_ckpt=str(tmp_path / "s1.ckpt")).on_fit_start(_FreshTrainer(), baseline)
+    callback = ActionPriorTransfer(decay_steps=10)
+    callback.on_fit_start(_FreshTrainer(), baseline)
+    baseline.on_fit_start()
+    assert (
+        baseline.aux_weight == 0.0
+        and callback.aux_weight(baseline, 0) == 0.0
+        and baseline.prior_source is None
+    )
 
 
 def test_load_anneal_and_resume_without_reload(tmp_path):
@@ -128,7 +128,7 @@ def test_load_anneal_and_resume_without_reload(tmp_path):
     trainer = _trainer(4, [callback2, Spy()])
     trainer.fit(resumed, loader(size=12), ckpt_path=tmp_path / "s2.ckpt")
     _assert_equal(captured["at_start"], stage2)
-    assert callback2.loaded_from == str(tmp_path / "s1.ckpt")  # restored from the checkpoint's state
+    assert resumed.prior_source == str(tmp_path / "s1.ckpt")  # restored from the Stage 2 checkpoint
     assert seen[-1] == 0.0  # the schedule continues from the resumed step (3 >= decay_steps)
 
 

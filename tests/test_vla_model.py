@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from vla_builders import CHUNK, make_batch, module_kwargs, tiny_vla
 
-from actionprior.training.vla_module import VLAModule, build_vla_from_checkpoint
+from actionprior.checkpoint import StoredCheckpoint
+from actionprior.training.vla_module import VLAModule
 
 
 def _count_encoder_calls(vla) -> list[int]:
@@ -113,9 +114,11 @@ def test_checkpoint_rebuilds_vla_offline(tmp_path):
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "s2.ckpt")
     loaded = torch.load(tmp_path / "s2.ckpt", weights_only=True)  # plain containers only
-    vla, registry, normalizer, settings = build_vla_from_checkpoint(loaded)
-    assert settings["camera_names"] == ["scene", "wrist"] and settings["use_history"]
-    assert normalizer.fingerprint == module.normalizer.fingerprint and registry.names == module.registry.names
+    stored = StoredCheckpoint.from_dict(loaded, "s2.ckpt")
+    vla, settings = stored.build_vla(), stored.vla_settings
+    assert settings["camera_names"] == ["scene", "wrist"] and settings["config"]["use_history"]
+    assert stored.normalizer.fingerprint == module.normalizer.fingerprint
+    assert stored.registry.names == module.registry.names
     batch = make_batch(2)
     module.model.eval()
     torch.testing.assert_close(

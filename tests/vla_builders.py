@@ -42,20 +42,7 @@ TINY_PRIOR: dict[str, Any] = dict(
 
 
 def prior_config(reg: EmbodimentRegistry, **overrides: Any) -> ActionPriorConfig:
-    kw: dict[str, Any] = dict(
-        width=32,
-        depth=1,
-        heads=2,
-        latent_dim=16,
-        chunk_len=CHUNK,
-        max_state_dim=reg.max_state_dim,
-        max_action_dim=reg.max_action_dim,
-        state_dims=reg.state_dims,
-        action_dims=reg.action_dims,
-        sample_steps=3,
-    )
-    kw.update(overrides)
-    return ActionPriorConfig(**kw)
+    return ActionPriorConfig(**{**TINY_PRIOR, **overrides}).bind(reg, CHUNK)
 
 
 def tiny_vla(kind: str = "qwen3_vl", use_history: bool = False, num_queries: int = 2, seed: int = 0) -> VLA:
@@ -152,13 +139,14 @@ def normalization(reg: EmbodimentRegistry | None = None, seed: int = 0) -> dict[
 
 
 def module_kwargs(reg: EmbodimentRegistry | None = None, **overrides: Any) -> dict[str, Any]:
-    """VLAModule init args for a tiny, fast model matching :func:`prior_config`."""
+    """VLAModule init args for a tiny, fast model matching :func:`prior_config`; an override of a
+    VLAConfig or ActionPriorConfig field goes into that config."""
+    from actionprior.models.vla import VLAConfig
+
     reg = reg or registry()
+    vla: dict[str, Any] = dict(backbone="tiny:qwen3_vl", num_queries=2, head_hidden=32)
+    prior = dict(TINY_PRIOR)
     kw: dict[str, Any] = dict(
-        backbone="tiny:qwen3_vl",
-        num_queries=2,
-        head_hidden=32,
-        **TINY_PRIOR,
         chunk_len=CHUNK,
         warmup_steps=0,
         lr=1e-3,
@@ -168,8 +156,14 @@ def module_kwargs(reg: EmbodimentRegistry | None = None, **overrides: Any) -> di
         embodiments=reg.to_dicts(),
         normalization=normalization(reg),
     )
-    kw.update(overrides)
-    return kw
+    for key, value in overrides.items():
+        if key in VLAConfig.__dataclass_fields__:
+            vla[key] = value
+        elif key in ActionPriorConfig.settings():
+            prior[key] = value
+        else:
+            kw[key] = value
+    return {"vla": VLAConfig(**vla), "prior": ActionPriorConfig(**prior), **kw}
 
 
 def loader(size: int = 16, batch_size: int = 4, seed: int = 0):

@@ -5,16 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from actionprior.data.batch import to_torch
 from actionprior.data.stream import WindowStream
-
-
-def to_torch(batch: dict[str, Any]) -> dict[str, Any]:
-    """numpy arrays -> tensors (zero-copy); lists of strings stay lists."""
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
 def _keep_numpy(batch: dict[str, Any]) -> dict[str, Any]:

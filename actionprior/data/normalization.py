@@ -60,6 +60,21 @@ class Normalizer:
         except KeyError:
             raise EmbodimentError(f"no normalisation for embodiment '{embodiment}' ({kind})") from None
 
+    def affine(self, embodiment: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, scale)`` with ``raw = normalised * scale + center`` (float32, the embodiment's dims)."""
+        return self._params(embodiment, kind)
+
+    def tables(self, kind: str, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``center``, ``scale`` ``[E, width]`` in registry order for batched (un)normalisation of padded
+        arrays; padded columns have center 0 and scale 1."""
+        dims = [s.state_dim if kind == "state" else s.action_dim for s in self.registry]
+        width = width or max(dims)
+        center = np.zeros((len(dims), width), np.float32)
+        scale = np.ones((len(dims), width), np.float32)
+        for i, spec in enumerate(self.registry):
+            center[i, : dims[i]], scale[i, : dims[i]] = self._params(spec.name, kind)
+        return center, scale
+
     def normalize(self, embodiment: str, kind: str, x: np.ndarray) -> np.ndarray:
         center, half = self._params(embodiment, kind)
         return ((np.asarray(x, dtype=np.float32) - center) / half).astype(np.float32)

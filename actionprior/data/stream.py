@@ -31,15 +31,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from actionprior.data.batch import BatchBuilder
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError
 from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
 from actionprior.data.splits import Split, in_split
-from actionprior.data.windowing import PaddedEpisode, dim_mask, gather_windows, pad_episode
+from actionprior.data.windowing import PaddedEpisode
 from actionprior.embodiments import EmbodimentRegistry
-
-# Keys of the contract's batch (docs/contracts.md) that are stacked from per-window arrays.
-WINDOW_KEYS = ("state", "action", "step_mask", "history_state", "history_action", "history_mask")
 
 
 class _PoolEpisode:
@@ -146,10 +144,8 @@ class WindowStream(IterableDataset):
         self.image_size = image_size
         weights = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.probs = weights / weights.sum()
-        s_max, a_max = registry.max_state_dim, registry.max_action_dim
-        # Per-embodiment dim masks, looked up by embodiment id at collate time.
-        self._state_masks = np.stack([dim_mask(s.state_dim, s_max) for s in registry])
-        self._action_masks = np.stack([dim_mask(s.action_dim, a_max) for s in registry])
+        # The batch contract, shared with inference (actionprior.inference.policy).
+        self.batches = BatchBuilder(registry, normalizer, chunk_len, history_len, self.camera_names)
         # Set by StreamLoader in the main process before workers start (workers get a copy).
         self.epoch = 0
         self.rank = 0
@@ -159,17 +155,7 @@ class WindowStream(IterableDataset):
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> _PoolEpisode:
         state, action, meta = decode_sample(sample, self.registry)
         name = meta["embodiment"]
-        if self.normalizer is not None:
-            state = self.normalizer.normalize(name, "state", state)
-            action = self.normalizer.normalize(name, "action", action)
-        padded = pad_episode(
-            state,
-            action,
-            self.chunk_len,
-            self.history_len,
-            self.registry.max_state_dim,
-            self.registry.max_action_dim,
-        )
+        padded = self.batches.pad(name, state, action)
         where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
         episode = _PoolEpisode(padded, self.registry.id_of(name), sample["__key__"], where, meta)
         if self.view == "observation":
@@ -186,23 +172,20 @@ class WindowStream(IterableDataset):
             raise DataError(
                 f"{where}: episode has none of the cameras {self.camera_names} (has {sorted(present)})"
             )
-        frames: dict[tuple[int, int], np.ndarray] = {}
-        for c, cam in enumerate(self.camera_names):
-            if mask[c]:
-                for j, t in enumerate(timesteps):
+        steps = []
+        for t in timesteps:
+            frames = {}
+            for cam in self.camera_names:
+                if cam in present:
                     frame = _frame(sample, cam, int(t), where)
-                    frames[j, c] = _resize(frame, self.image_size) if self.image_size else frame
-        shapes = {f.shape for f in frames.values()}
-        if len(shapes) > 1:
-            raise DataError(
-                f"{where}: cameras have frames of different sizes {sorted(shapes)}; "
-                "set data.image_size to resize them to a common size"
-            )
-        h, w, _ = shapes.pop()
-        images = np.zeros((len(timesteps), len(self.camera_names), 3, h, w), dtype=np.uint8)
-        for (j, c), frame in frames.items():
-            images[j, c] = frame.transpose(2, 0, 1)
-        return images, mask
+                    frames[cam] = _resize(frame, self.image_size) if self.image_size else frame
+            try:
+                steps.append(self.batches.cameras(frames)[0])
+            except ValueError as exc:
+                raise DataError(
+                    f"{where}: {exc}; set data.image_size to resize them to a common size"
+                ) from None
+        return np.stack(steps), mask
 
     def _episodes(self, source: ShardSource, rng: np.random.Generator, cache: dict) -> Iterator[_PoolEpisode]:
         """Decoded episodes of the split from shards drawn with replacement, forever."""
@@ -247,12 +230,8 @@ class WindowStream(IterableDataset):
     ) -> dict[str, Any]:
         """The contract's batch, as numpy arrays, for windows of ``picks`` at times ``starts`` (observation
         view: at ``ep.timesteps[slot]``, whose frames are ``ep.images[slot]``). See :func:`to_torch`."""
-        windows = gather_windows([ep.padded for ep in picks], starts)
-        batch: dict[str, Any] = {key: windows[key] for key in WINDOW_KEYS}
         ids = np.array([ep.embodiment_id for ep in picks], dtype=np.int64)
-        batch["embodiment_id"] = ids
-        batch["state_dim_mask"] = self._state_masks[ids]
-        batch["action_dim_mask"] = self._action_masks[ids]
+        batch = self.batches.windows([ep.padded for ep in picks], ids, starts)
         # Provenance (not model inputs): which episode and time each window was cut at.
         batch["timestep"] = np.asarray(starts, dtype=np.int64)
         batch["episode_key"] = [ep.key for ep in picks]

@@ -16,15 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def dim_mask(dim: int, padded_dim: int) -> np.ndarray:
-    """``True`` on the first ``dim`` of ``padded_dim`` feature columns."""
-    if dim > padded_dim:
-        raise ValueError(f"dimension {dim} exceeds the padded width {padded_dim}")
-    mask = np.zeros(padded_dim, dtype=bool)
-    mask[:dim] = True
-    return mask
-
-
 @dataclass(frozen=True)
 class PaddedEpisode:
     """An episode with ``history_len`` zero rows before it, ``chunk_len`` after it and zero feature columns

@@ -32,7 +32,7 @@ class OpenLoopActionError(L.Callback):
     max_episodes: held-out episodes replayed per validation run (from ``datamodule.val_episodes``).
     stride: steps between predicted chunks (default: the chunk length, i.e. non-overlapping chunks).
     every_n_validations: run on every n-th validation run (it costs one VLM forward per chunk).
-    sampling_steps: Euler steps of the decoder (default: the model's).
+    sample_steps: Euler steps of the decoder (default: the model's).
     seed: sampling-noise seed, so that numbers are comparable between runs.
     prefix: metric name prefix.
     """
@@ -42,7 +42,7 @@ class OpenLoopActionError(L.Callback):
         max_episodes: int = 8,
         stride: int | None = None,
         every_n_validations: int = 1,
-        sampling_steps: int | None = None,
+        sample_steps: int | None = None,
         seed: int = 0,
         prefix: str = "val_openloop",
     ):
@@ -51,7 +51,7 @@ class OpenLoopActionError(L.Callback):
         self.max_episodes = max_episodes
         self.stride = stride
         self.every_n_validations = every_n_validations
-        self.sampling_steps = sampling_steps
+        self.sample_steps = sample_steps
         self.seed = seed
         self.prefix = prefix
         self._runs = 0
@@ -101,7 +101,7 @@ class OpenLoopActionError(L.Callback):
                     size,
                     chunk_len=chunk_len,
                     history_len=history_len,
-                    sampling_steps=self.sampling_steps,
+                    sample_steps=self.sample_steps,
                     device=pl_module.device,
                     seed=self.seed,
                 )

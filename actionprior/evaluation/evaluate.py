@@ -62,7 +62,9 @@ class RandomBaselineFactory:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actionprior eval", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="Stage 2 checkpoint to evaluate (loaded in every worker)")
+    src.add_argument(
+        "--ckpt", help="Stage 2 checkpoint, exported policy folder or hub id (loaded in every worker)"
+    )
     src.add_argument(
         "--via-server", metavar="URL", help="evaluate the policy served at URL (actionprior serve)"
     )
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replan-every", type=int, default=None, help="actions executed per chunk (default: chunk)"
     )
-    p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps of the flow decoder")
+    p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--stats", default=None, help="stats.json or fingerprint the checkpoint must match")
@@ -102,7 +104,7 @@ def _policy_setup(args: argparse.Namespace, embodiments: list[str]) -> tuple[Any
             args.ckpt,
             args.device,
             args.replan_every,
-            args.sampling_steps,
+            args.sample_steps,
             args.stats,
             args.image_size,
             args.history_len,

@@ -93,7 +93,7 @@ class CheckpointPolicyFactory:
     ckpt: str
     device: str = "cpu"
     replan_every: int | None = None
-    sampling_steps: int | None = None
+    sample_steps: int | None = None
     expected_stats: str | None = None
     image_size: int | None = None
     history_len: int | None = None
@@ -101,11 +101,11 @@ class CheckpointPolicyFactory:
     def __call__(self) -> Policy:
         from actionprior.inference.policy import Policy
 
-        return Policy.from_checkpoint(
+        return Policy.load(
             self.ckpt,
             device=self.device,
             replan_every=self.replan_every,
-            sampling_steps=self.sampling_steps,
+            sample_steps=self.sample_steps,
             expected_stats=self.expected_stats,
             image_size=self.image_size,
             history_len=self.history_len,

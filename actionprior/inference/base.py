@@ -48,21 +48,11 @@ class History:
     def __len__(self) -> int:
         return 0 if self.length == 0 else len(self.states)
 
-    def arrays(self, state_dim: int, action_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``state [K, Ds]``, ``action [K, Da]``, ``mask [K]``; right-aligned, zero-padded in front.
-
-        Right alignment matches training, where ``history_mask`` is False before the episode start.
-        """
-        k = self.length
-        states = np.zeros((k, state_dim), np.float32)
-        actions = np.zeros((k, action_dim), np.float32)
-        mask = np.zeros(k, bool)
-        n = len(self)
-        if n:
-            states[k - n :] = np.stack(self.states)
-            actions[k - n :] = np.stack(self.actions)
-            mask[k - n :] = True
-        return states, actions, mask
+    def recent(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The remembered ``states [n, Ds]`` and ``actions [n, Da]``, oldest first (None, None when empty)."""
+        if not len(self):
+            return None, None
+        return np.stack(self.states), np.stack(self.actions)
 
 
 class BasePolicy(ABC):

@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from actionprior.checkpoint import StoredCheckpoint
+from actionprior.data.batch import BatchBuilder, to_torch
 from actionprior.data.normalization import Normalizer
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
+from actionprior.inference.export import read_exported
 from actionprior.inference.observation import ObservationSpec
 
 
@@ -38,7 +41,7 @@ class Policy(BasePolicy):
         chunk_len: int,
         history_len: int = 0,
         replan_every: int | None = None,
-        sampling_steps: int | None = None,
+        sample_steps: int | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
     ):
@@ -47,14 +50,23 @@ class Policy(BasePolicy):
         self.normalizer = normalizer
         self.registry = normalizer.registry
         self.chunk_len = chunk_len
-        self.sampling_steps = sampling_steps
+        self.sample_steps = sample_steps
         self.device = torch.device(device)
         self.seed = seed
         replan_every = replan_every or chunk_len
         if not 1 <= replan_every <= chunk_len:
             raise ValueError(f"replan_every must be in [1, chunk_len={chunk_len}], got {replan_every}")
         spec = ObservationSpec(self.registry, tuple(camera_names), image_size)
+        self.batches = BatchBuilder(self.registry, normalizer, chunk_len, history_len, camera_names)
         super().__init__(spec, replan_every=replan_every, history_len=history_len)
+
+    @classmethod
+    def load(cls, source: str | Path, **kwargs: Any) -> Policy:
+        """A policy from a Stage 2 checkpoint file, an exported folder, or a hub id of an exported policy."""
+        path = Path(source)
+        if path.is_file():
+            return cls.from_checkpoint(path, **kwargs)
+        return cls.from_pretrained(source, **kwargs)
 
     @classmethod
     def from_checkpoint(
@@ -62,7 +74,7 @@ class Policy(BasePolicy):
         path: str | Path,
         device: str | torch.device = "cpu",
         replan_every: int | None = None,
-        sampling_steps: int | None = None,
+        sample_steps: int | None = None,
         expected_stats: str | Path | None = None,
         image_size: int | None = None,
         history_len: int | None = None,
@@ -73,17 +85,49 @@ class Policy(BasePolicy):
         ``expected_stats`` (a fingerprint or a ``stats.json``) makes the policy refuse a checkpoint trained
         on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks.
         """
-        from actionprior.checkpoint import load_checkpoint_file
-        from actionprior.training.vla_module import build_vla_from_checkpoint
+        stored = StoredCheckpoint.read(path).expect_stage(2, "a policy")
+        return cls._from_stored(
+            stored, device, replan_every, sample_steps, expected_stats, image_size, history_len, seed
+        )
 
-        source = str(path)
-        checkpoint = load_checkpoint_file(path, map_location="cpu")
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device = "cpu",
+        replan_every: int | None = None,
+        sample_steps: int | None = None,
+        expected_stats: str | Path | None = None,
+        image_size: int | None = None,
+        history_len: int | None = None,
+        seed: int = 0,
+    ) -> Policy:
+        """A policy from a folder written by ``actionprior export`` (or a hub repository holding one)."""
+        stored = read_exported(name_or_path)
+        return cls._from_stored(
+            stored, device, replan_every, sample_steps, expected_stats, image_size, history_len, seed
+        )
+
+    @classmethod
+    def _from_stored(
+        cls,
+        stored: StoredCheckpoint,
+        device: str | torch.device,
+        replan_every: int | None,
+        sample_steps: int | None,
+        expected_stats: str | Path | None,
+        image_size: int | None,
+        history_len: int | None,
+        seed: int,
+    ) -> Policy:
+        source = stored.source
         try:
-            vla, registry, normalizer, settings = build_vla_from_checkpoint(checkpoint)
+            vla = stored.build_vla()
         except (KeyError, ValueError, RuntimeError) as exc:
             raise PolicyCheckpointError(f"{source}: cannot rebuild the VLA: {exc}") from exc
-        check_stats_fingerprint(normalizer, expected_stats, source)
-        data_hp = checkpoint.get("datamodule_hyper_parameters") or {}
+        settings = stored.vla_settings
+        check_stats_fingerprint(stored.normalizer, expected_stats, source)
+        data_hp = stored.checkpoint.get("datamodule_hyper_parameters") or {}
         image_size = image_size or settings.get("image_size") or data_hp.get("image_size")
         if not image_size:
             raise PolicyCheckpointError(
@@ -104,13 +148,13 @@ class Policy(BasePolicy):
             )
         return cls(
             vla,
-            normalizer,
+            stored.normalizer,
             camera_names,
             int(image_size),
             chunk_len=vla.prior.config.chunk_len,
             history_len=int(history_len) if vla.use_history else 0,
             replan_every=replan_every,
-            sampling_steps=sampling_steps,
+            sample_steps=sample_steps,
             device=device,
             seed=seed,
         )
@@ -122,43 +166,24 @@ class Policy(BasePolicy):
 
     # ------------------------------------------------------------------ model input
     def build_batch(self, observation: dict[str, Any], history: History) -> dict[str, Any]:
-        """The model batch (B=1) for a validated raw observation, normalised and padded like training."""
-        emb = observation["embodiment"]
-        spec = self.registry[emb]
-        s_max, a_max = self.registry.max_state_dim, self.registry.max_action_dim
-        cams = self.obs_spec.camera_names
-        size = self.obs_spec.image_size
-        images = torch.zeros(1, len(cams), 3, size, size, dtype=torch.uint8)
-        camera_mask = torch.zeros(1, len(cams), dtype=torch.bool)
-        for i, cam in enumerate(cams):
-            if cam in observation["images"]:
-                images[0, i] = torch.from_numpy(np.array(observation["images"][cam])).permute(2, 0, 1)
-                camera_mask[0, i] = True
-        hs, ha, hm = history.arrays(spec.state_dim, spec.action_dim)
-        history_state = np.zeros((1, self.history_len, s_max), np.float32)
-        history_action = np.zeros((1, self.history_len, a_max), np.float32)
-        if hm.any():
-            history_state[0, hm, : spec.state_dim] = self.normalizer.normalize(emb, "state", hs[hm])
-            history_action[0, hm, : spec.action_dim] = self.normalizer.normalize(emb, "action", ha[hm])
-        state = np.zeros((1, self.chunk_len, s_max), np.float32)
-        state[0, 0, : spec.state_dim] = self.normalizer.normalize(emb, "state", observation["state"])
-        batch = {
-            "embodiment_id": torch.tensor([self.registry.id_of(emb)]),
-            "state": torch.from_numpy(state),
-            "state_dim_mask": (torch.arange(s_max) < spec.state_dim)[None],
-            "action_dim_mask": (torch.arange(a_max) < spec.action_dim)[None],
-            "history_state": torch.from_numpy(history_state),
-            "history_action": torch.from_numpy(history_action),
-            "history_mask": torch.from_numpy(hm.copy())[None],
-            "images": images,
-            "camera_mask": camera_mask,
-            "instruction": [observation["instruction"]],
+        """The model batch (B=1) for a validated raw observation: the training contract's
+        (:class:`~actionprior.data.batch.BatchBuilder`), normalised and padded like training."""
+        states, actions = history.recent()
+        batch = self.batches.observation(
+            observation["embodiment"],
+            observation["state"],
+            {cam: np.asarray(frame) for cam, frame in observation["images"].items()},
+            observation["instruction"],
+            states,
+            actions,
+        )
+        return {
+            k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in to_torch(batch).items()
         }
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def predict_chunk(self, observation: dict[str, Any], history: History) -> np.ndarray:
         batch = self.build_batch(observation, history)
-        chunk = self.model.sample_actions(batch, steps=self.sampling_steps, generator=self._generator)
+        chunk = self.model.sample_actions(batch, steps=self.sample_steps, generator=self._generator)
         emb = observation["embodiment"]
         dim = self.registry[emb].action_dim
         normalised = chunk[0, :, :dim].float().cpu().numpy()
@@ -168,7 +193,7 @@ class Policy(BasePolicy):
         return {
             **super().describe(),
             "chunk_len": self.chunk_len,
-            "sampling_steps": self.sampling_steps,
+            "sample_steps": self.sample_steps,
             "normalization_fingerprint": self.normalizer.fingerprint,
             "device": str(self.device),
         }

@@ -143,14 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="actionprior serve", description="Serve a trained policy over websockets."
     )
-    p.add_argument("--ckpt", required=True, help="Stage 2 checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="Stage 2 checkpoint (.ckpt), exported policy folder or hub id"
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--replan-every", type=int, default=None, help="actions executed per chunk (default: from ckpt)"
     )
-    p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps of the flow decoder")
+    p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
     p.add_argument("--stats", default=None, help="stats.json whose fingerprint the checkpoint must match")
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
@@ -182,11 +184,11 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    policy = Policy.from_checkpoint(
+    policy = Policy.load(
         args.ckpt,
         device=args.device,
         replan_every=args.replan_every,
-        sampling_steps=args.sampling_steps,
+        sample_steps=args.sample_steps,
         expected_stats=args.stats,
         image_size=args.image_size,
         history_len=args.history_len,

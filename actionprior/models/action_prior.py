@@ -6,7 +6,7 @@ Everything here works in normalised units on batch tensors padded to the registr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -26,36 +26,102 @@ from actionprior.models.flow_matching import (
 )
 
 
+def _architecture(default: Any) -> Any:
+    """A setting that fixes the weights' shapes or meaning: a checkpoint and its user must agree on it."""
+    return field(default=default, metadata={"architecture": True})
+
+
+def _derived(default_factory: Any, architecture: bool = True) -> Any:
+    """Not a setting of the prior: filled from the data (:meth:`ActionPriorConfig.bind`), stored in checkpoints."""
+    return field(default_factory=default_factory, init=False, metadata={"architecture": architecture})
+
+
 @dataclass
 class ActionPriorConfig:
-    width: int = 128
-    depth: int = 3
-    heads: int = 4
-    latent_dim: int = 64
-    chunk_len: int = 16
-    max_state_dim: int = 0
-    max_action_dim: int = 0
-    state_dims: list[int] = field(default_factory=list)
-    action_dims: list[int] = field(default_factory=list)
-    io_mode: IOMode = "projection"
-    use_state: bool = True
+    """The action prior's settings: each field is one YAML key (``model.init_args.prior.<field>``).
+
+    Args:
+        width, depth, heads: transformer size (encoder and decoder each have ``depth`` blocks).
+        latent_dim: size of the latent ``z``.
+        io_mode: ``projection`` (per-embodiment linear maps) or ``padded`` (the paper's unified layout).
+        use_state: False trains the action-only prior (the encoder sees actions only).
+        flow_alpha, flow_beta: flow time ~ Beta(alpha, beta), t = 1 is data.
+        sample_steps: Euler steps when sampling (validation, inference).
+        dropout: in every transformer block.
+
+    What comes from the data is not a setting: :meth:`bind` fills ``chunk_len`` (``data.chunk_len``) and the
+    embodiment dims (``max_state_dim``, ``state_dims``, ...) from the registry; checkpoints store them.
+    """
+
+    width: int = _architecture(128)
+    depth: int = _architecture(2)
+    heads: int = _architecture(4)
+    latent_dim: int = _architecture(64)
+    io_mode: IOMode = _architecture("projection")
+    use_state: bool = _architecture(True)
     flow_alpha: float = 1.5
     flow_beta: float = 1.0
     sample_steps: int = 5
     dropout: float = 0.0
+    chunk_len: int = _derived(lambda: 16, architecture=False)
+    max_state_dim: int = _derived(int)
+    max_action_dim: int = _derived(int)
+    state_dims: list[int] = _derived(list)
+    action_dims: list[int] = _derived(list)
 
     @classmethod
-    def for_embodiments(cls, registry: EmbodimentRegistry, **architecture: Any) -> ActionPriorConfig:
-        """The config for ``registry``'s robots: I/O dims come from the specs, the rest from ``architecture``."""
-        return cls(
-            max_state_dim=registry.max_state_dim,
-            max_action_dim=registry.max_action_dim,
-            state_dims=registry.state_dims,
-            action_dims=registry.action_dims,
-            **architecture,
-        )
+    def settings(cls) -> tuple[str, ...]:
+        """The user-facing keys (everything but the derived embodiment dims)."""
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    @classmethod
+    def architecture_keys(cls) -> tuple[str, ...]:
+        """Keys that fix the weights' shapes and meaning (compared against checkpoints)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("architecture"))
+
+    def bind(self, registry: EmbodimentRegistry, chunk_len: int | None = None) -> ActionPriorConfig:
+        """A copy with the embodiment dims of ``registry`` and the data's ``chunk_len`` filled in."""
+        bound = replace(self)
+        bound.chunk_len = int(chunk_len if chunk_len is not None else self.chunk_len)
+        if bound.chunk_len < 1:
+            raise ValueError(f"invalid ActionPriorConfig: chunk_len must be >= 1, got {bound.chunk_len}")
+        bound.max_state_dim, bound.max_action_dim = registry.max_state_dim, registry.max_action_dim
+        bound.state_dims, bound.action_dims = list(registry.state_dims), list(registry.action_dims)
+        bound.check_dims()
+        return bound
+
+    @classmethod
+    def for_embodiments(
+        cls, registry: EmbodimentRegistry, chunk_len: int = 16, **settings: Any
+    ) -> ActionPriorConfig:
+        return cls(**settings).bind(registry, chunk_len)
 
     def __post_init__(self) -> None:
+        problems = self._setting_problems()
+        if problems:
+            raise ValueError("invalid ActionPriorConfig: " + "; ".join(problems))
+
+    def _setting_problems(self) -> list[str]:
+        problems = []
+        if self.io_mode not in IO_MODES:
+            problems.append(f"io_mode must be one of {IO_MODES}, got '{self.io_mode}'")
+        for name in ("width", "depth", "heads", "latent_dim", "sample_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.heads >= 1 and self.width % self.heads:
+            problems.append(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.flow_alpha <= 0 or self.flow_beta <= 0:
+            problems.append(f"flow_alpha/flow_beta must be positive, got {self.flow_alpha}/{self.flow_beta}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        return problems
+
+    def check_dims(self) -> None:
+        problems = self._dim_problems()
+        if problems:
+            raise ValueError("invalid ActionPriorConfig: " + "; ".join(problems))
+
+    def _dim_problems(self) -> list[str]:
         self.state_dims = [int(d) for d in self.state_dims]
         self.action_dims = [int(d) for d in self.action_dims]
         problems = []
@@ -69,35 +135,37 @@ class ActionPriorConfig:
             problems.append(
                 f"max_action_dim {self.max_action_dim} < largest action dim {max(self.action_dims)}"
             )
-        if self.io_mode not in IO_MODES:
-            problems.append(f"io_mode must be one of {IO_MODES}, got '{self.io_mode}'")
-        if self.width % self.heads:
-            problems.append(f"width {self.width} must be divisible by heads {self.heads}")
-        for name in ("width", "depth", "heads", "latent_dim", "chunk_len", "sample_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.flow_alpha <= 0 or self.flow_beta <= 0:
-            problems.append(f"flow_alpha/flow_beta must be positive, got {self.flow_alpha}/{self.flow_beta}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if problems:
-            raise ValueError("invalid ActionPriorConfig: " + "; ".join(problems))
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ActionPriorConfig:
+        """Settings and (when present) embodiment dims, e.g. from a checkpoint; unknown keys are refused."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown ActionPriorConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        config = cls.__new__(cls)  # every problem is reported at once, settings and dims alike
+        for f in fields(cls):
+            if f.name in data:
+                setattr(config, f.name, data[f.name])
+            else:
+                setattr(config, f.name, f.default if f.default_factory is MISSING else f.default_factory())
+        problems = config._setting_problems() + (config._dim_problems() if config.state_dims else [])
+        if problems:
+            raise ValueError("invalid ActionPriorConfig: " + "; ".join(problems))
+        return config
 
 
 class ActionPrior(nn.Module):
     def __init__(self, config: ActionPriorConfig):
         super().__init__()
+        if not config.state_dims:
+            raise ValueError(
+                "ActionPrior needs a config bound to embodiments: ActionPriorConfig.bind(registry)"
+            )
         self.config = config
         c = config
         common = dict(

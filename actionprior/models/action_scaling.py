@@ -1,8 +1,8 @@
 """Batched (torch) action normalisation for padded multi-embodiment tensors.
 
-:class:`actionprior.data.normalization.Normalizer` is the single source of truth (numpy, one embodiment
-at a time). This module reads its affine maps once, through its public ``normalize``/``unnormalize``,
-into ``[E, A_max]`` buffers, so a mixed batch is (un)normalised on the model's device without a loop.
+:class:`actionprior.data.normalization.Normalizer` is the single source of truth. This module copies its
+per-embodiment affine tables (:meth:`~actionprior.data.normalization.Normalizer.tables`) into ``[E, A_max]``
+buffers once, so a mixed batch is (un)normalised on the model's device without a loop.
 """
 
 from __future__ import annotations
@@ -25,20 +25,13 @@ class ActionScaler(nn.Module):
             raise ValueError(
                 f"max_action_dim {a_max} < the registry's largest action dim {registry.max_action_dim}"
             )
-        e = len(registry)
-        center = torch.zeros(e, a_max)
-        scale = torch.ones(e, a_max)
-        mean = torch.zeros(e, a_max)
-        mask = torch.zeros(e, a_max, dtype=torch.bool)
+        center, scale = normalizer.tables("action", a_max)
+        mean = np.zeros_like(center)
         for i, spec in enumerate(registry):
-            d = spec.action_dim
-            c = normalizer.unnormalize(spec.name, "action", np.zeros(d, np.float32))
-            center[i, :d] = torch.from_numpy(c)
-            scale[i, :d] = torch.from_numpy(
-                normalizer.unnormalize(spec.name, "action", np.ones(d, np.float32)) - c
-            )
-            mean[i, :d] = torch.as_tensor(normalizer.stats[spec.name]["action"]["mean"], dtype=torch.float32)
-            mask[i, :d] = True
+            mean[i, : spec.action_dim] = normalizer.stats[spec.name]["action"]["mean"]
+        center, scale, mean = (torch.from_numpy(t) for t in (center, scale, mean))
+        mask = torch.from_numpy(registry.dim_masks("action"))
+        mask = torch.nn.functional.pad(mask, (0, a_max - mask.shape[1]))
         # Not persistent: they are derived from the normaliser that travels in the checkpoint anyway.
         self.register_buffer("center", center, persistent=False)
         self.register_buffer("scale", scale, persistent=False)

@@ -25,7 +25,7 @@ attention, which is equivalent to leaving it out of the sequence.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -37,6 +37,61 @@ from actionprior.models.vlm_backbone import VLMBackbone
 
 HistoryMode = Literal["exact", "stochastic"]
 HISTORY_MODES = ("exact", "stochastic")
+PriorInit = Literal["stage1", "scratch"]
+PRIOR_INITS = ("stage1", "scratch")
+
+
+@dataclass
+class VLAConfig:
+    """The VLA's settings besides the action prior: each field is one YAML key (``model.init_args.vla.<field>``).
+
+    Args:
+        backbone: hub id, local ``save_pretrained`` directory or ``tiny:<family>``.
+        attn_implementation: ``auto`` = flash_attention_2 on CUDA when installed, else ``sdpa``.
+        gradient_checkpointing: recompute the backbone's activations in backward (memory for compute).
+        backbone_dtype: e.g. ``bfloat16`` to load a large backbone in half precision (None = as stored).
+        num_queries: Q learned query tokens appended after image, instruction (and history) tokens.
+        head_hidden: hidden width of the MLP from the query hidden states to ``z'``.
+        use_history: feed ``z_hist`` (encoder on the history window) as one token.
+        history_mode: ``exact`` = the paper's ``(L(z_hist) + L(none)) / 2`` with both passes;
+            ``stochastic`` = one pass, history token dropped per sample with p = 0.5 (cheaper, noisier).
+        action_prior: ``stage1`` = the action head starts from a Stage 1 checkpoint and is annealed towards
+            it (lambda > 0); ``scratch`` = the paper's no-prior baseline (decoder from scratch, lambda = 0).
+            Training refuses to start when this choice and the given checkpoint disagree.
+    """
+
+    backbone: str = "tiny:qwen3_vl"
+    attn_implementation: str = "auto"
+    gradient_checkpointing: bool = False
+    backbone_dtype: str | None = None
+    num_queries: int = 4
+    head_hidden: int = 256
+    use_history: bool = False
+    history_mode: HistoryMode = "exact"
+    action_prior: PriorInit = "stage1"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.history_mode not in HISTORY_MODES:
+            problems.append(f"history_mode must be one of {HISTORY_MODES}, got '{self.history_mode}'")
+        if self.action_prior not in PRIOR_INITS:
+            problems.append(f"action_prior must be one of {PRIOR_INITS}, got '{self.action_prior}'")
+        for name in ("num_queries", "head_hidden"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid VLAConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VLAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VLAConfig keys {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
 
 
 @dataclass
@@ -84,6 +139,10 @@ class VLA(nn.Module):
             if use_history
             else None
         )
+
+    @classmethod
+    def from_config(cls, backbone: VLMBackbone, prior: ActionPrior, config: VLAConfig) -> VLA:
+        return cls(backbone, prior, config.num_queries, config.use_history, config.head_hidden)
 
     # ------------------------------------------------------------------ pieces
     @property

@@ -29,8 +29,8 @@ ROWS = {
     "+ history": ("configs/ablations/action_state_prior_history.yaml", "action_state"),
 }
 PRIORS = {
-    "action_state": ["--model.init_args.use_state=true"],
-    "action_only": ["--model.init_args.use_state=false"],
+    "action_state": ["--model.init_args.prior.use_state=true"],
+    "action_only": ["--model.init_args.prior.use_state=false"],
 }
 
 console = Console()

@@ -8,22 +8,22 @@ the Trainer's ``gradient_clip_val``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from actionprior.checkpoint import (
-    ARCHITECTURE_KEYS,
     CHECKPOINT_KEY,
+    StoredCheckpoint,
     check_compatible,
     checkpoint_payload,
     data_contract,
-    read_payload,
 )
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
+from actionprior.training.configs import as_prior_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
 
@@ -34,13 +34,8 @@ class ActionPriorModule(L.LightningModule):
     """Stage 1. ``embodiments``/``normalization`` are linked from the DataModule by the CLI.
 
     Args:
-        width, depth, heads: transformer size (encoder and decoder each have ``depth`` blocks).
-        latent_dim: size of the latent ``z``.
+        prior: the action prior's settings (:class:`~actionprior.models.action_prior.ActionPriorConfig`).
         chunk_len: action chunk length H (linked from ``data.chunk_len`` by the CLI).
-        io_mode: ``projection`` (per-embodiment linear maps) or ``padded`` (the paper's unified layout).
-        use_state: False trains the action-only prior (the encoder sees actions only).
-        flow_alpha, flow_beta: flow time ~ Beta(alpha, beta), t = 1 is data.
-        sample_steps: Euler steps when sampling (validation, inference).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW, linear warmup then cosine to
             ``lr * min_lr_ratio`` at the Trainer's last step.
         val_seed: seeds validation noise and flow times so that validation numbers are comparable.
@@ -50,17 +45,8 @@ class ActionPriorModule(L.LightningModule):
 
     def __init__(
         self,
-        width: int = 128,
-        depth: int = 3,
-        heads: int = 4,
-        latent_dim: int = 64,
+        prior: ActionPriorConfig | None = None,
         chunk_len: int = 16,
-        io_mode: Literal["projection", "padded"] = "projection",
-        use_state: bool = True,
-        flow_alpha: float = 1.5,
-        flow_beta: float = 1.0,
-        sample_steps: int = 5,
-        dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -71,22 +57,12 @@ class ActionPriorModule(L.LightningModule):
         normalization: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        prior = as_prior_config(prior) or ActionPriorConfig()
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # Plain containers only: checkpoints are read back with torch.load(weights_only=True).
+        self.save_hyperparameters({**hparams, "prior": settings_dict(prior)})
         self.registry, self.normalizer = data_contract(embodiments, normalization, "ActionPriorModule")
-        config = ActionPriorConfig.for_embodiments(
-            self.registry,
-            width=width,
-            depth=depth,
-            heads=heads,
-            latent_dim=latent_dim,
-            chunk_len=chunk_len,
-            io_mode=io_mode,
-            use_state=use_state,
-            flow_alpha=flow_alpha,
-            flow_beta=flow_beta,
-            sample_steps=sample_steps,
-            dropout=dropout,
-        )
+        config = prior.bind(self.registry, chunk_len)
         self.model = ActionPrior(config)
         self.scaler = ActionScaler(self.normalizer, config.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
@@ -175,11 +151,12 @@ class ActionPriorModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming (``--ckpt_path``) into a module built from different data or a different architecture
         # would otherwise fail later with an opaque shape error, or worse, train on mis-normalised data.
+        source = "the checkpoint being resumed (--ckpt_path)"
+        stored = StoredCheckpoint.from_dict(checkpoint, source).expect_stage(1, "Stage 1 resume")
         check_compatible(
-            read_payload(checkpoint, "the checkpoint being resumed"),
-            "the checkpoint being resumed",
+            stored.payload,
+            source,
             registry=self.registry,
             normalizer=self.normalizer,
             config=self.config,
-            config_keys=ARCHITECTURE_KEYS,
         )

@@ -7,10 +7,10 @@
   ``model.init_args.chunk_len`` at parse time, so each lives in exactly one place in the YAML.
 * Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` with ``save_last=True``: a fixed directory is
   what lets ``--ckpt_path last`` find the run to resume (a logger-versioned directory changes every run).
-* ``--stage1_ckpt PATH`` hands a Stage 1 checkpoint to every trainer callback with a ``stage1_ckpt``
-  attribute (Stage 2's ActionPriorTransfer) and fails if there is none. For the Stage 2 module, the action
-  prior's settings that the config leaves unset (architecture, flow matching, sampling steps) are read from
-  that checkpoint before the module is built, so they are written once, in the Stage 1 config.
+* ``--stage1_ckpt PATH`` is read once: the Stage 2 module's ``prior`` settings are taken from it when the
+  config leaves them unset (so they are written once, in the Stage 1 config), and the same read checkpoint is
+  handed to every trainer callback with a ``stage1_ckpt`` attribute (Stage 2's ActionPriorTransfer); it fails
+  if there is none. Resuming without it takes the settings from the checkpoint being resumed.
 """
 
 from __future__ import annotations
@@ -63,17 +63,24 @@ class ActionPriorCLI(LightningCLI):
         parser.link_arguments("data.embodiments", "model.init_args.embodiments", apply_on="instantiate")
         parser.link_arguments("data.normalization", "model.init_args.normalization", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would overwrite the configured model with the hyperparameters stored in the checkpoint,
+        # silently (a Stage 2 config resumed from a Stage 1 checkpoint trained a Stage 1 model). Here the config
+        # stays what the user wrote and the module's on_load_checkpoint refuses any difference, naming it.
+        return
+
     def before_instantiate_classes(self) -> None:
         # A CUDA-only strategy on CPU gets one clear message here instead of jsonargparse's union diagnostics.
         from actionprior.training.strategies import check_strategy_request
 
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_strategy_request(config.trainer.get("strategy"), config.trainer.get("accelerator"))
+        self._stage1 = None
         if _is_stage2(config.model.class_path):
             resume = config.get("ckpt_path")
             if resume == "last":
                 resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
-            fill_prior_settings(config.model.init_args, config.get("stage1_ckpt"), resume)
+            self._stage1 = fill_prior_settings(config.model.init_args, config.get("stage1_ckpt"), resume)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A Rich progress bar by default, unless the config turns progress bars off (Lightning refuses a
@@ -103,6 +110,7 @@ class ActionPriorCLI(LightningCLI):
             )
         for callback in takers:
             callback.stage1_ckpt = path
+            callback.stage1 = getattr(self, "_stage1", None)
 
 
 def _is_stage2(class_path: str) -> bool:
@@ -116,26 +124,34 @@ def _is_stage2(class_path: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, VLAModule)
 
 
-def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: str | None = None) -> None:
-    """Set the Stage 2 module's unset action-prior settings in place: from the Stage 1 checkpoint, or
-    when resuming without one, from the Stage 2 checkpoint being resumed."""
-    from actionprior.checkpoint import PRIOR_SETTINGS, load_checkpoint_file, prior_settings
+def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: str | None = None) -> Any:
+    """Give the Stage 2 module the action prior's settings when its config leaves ``prior`` unset: from the
+    Stage 1 checkpoint, or when resuming without one, from the Stage 2 checkpoint being resumed. Returns the
+    Stage 1 :class:`~actionprior.checkpoint.StoredCheckpoint` read (None without ``stage1_ckpt``)."""
+    from actionprior.checkpoint import StoredCheckpoint, load_checkpoint_file
+    from actionprior.training.configs import settings_dict
 
-    unset = [key for key in PRIOR_SETTINGS if init_args.get(key) is None]
-    if not unset:
-        return
+    stage1 = None
     if stage1_ckpt:
-        source, stored = stage1_ckpt, prior_settings(stage1_ckpt)
+        if not Path(stage1_ckpt).is_file():
+            raise FileNotFoundError(f"--stage1_ckpt: no checkpoint file at '{stage1_ckpt}'")
+        stage1 = StoredCheckpoint.read(stage1_ckpt).expect_stage(1, "--stage1_ckpt")
+    if init_args.get("prior") is not None:
+        return stage1  # set in the config: the transfer callback checks it against the checkpoint
+    if stage1 is not None:
+        source, stored = stage1_ckpt, settings_dict(stage1.prior_config)
     elif resume_ckpt and Path(resume_ckpt).is_file():
-        source, stored = resume_ckpt, load_checkpoint_file(resume_ckpt).get("hyper_parameters", {})
+        source, stored = (
+            resume_ckpt,
+            load_checkpoint_file(resume_ckpt).get("hyper_parameters", {}).get("prior"),
+        )
+        if stored is None:
+            raise ValueError(f"Stage 2: {resume_ckpt} does not record the action prior's settings")
     else:
-        return  # VLAModule refuses unset settings and says how to provide them
-    missing = [key for key in unset if stored.get(key) is None]
-    if missing:
-        raise ValueError(f"Stage 2: {source} does not record the action prior's {', '.join(missing)}")
-    for key in unset:
-        init_args[key] = stored[key]
-    log.info("Stage 2: action prior %s from %s", ", ".join(f"{k}={stored[k]}" for k in unset), source)
+        return None  # VLAModule refuses unset settings and says how to provide them
+    init_args["prior"] = dict(stored)
+    log.info("Stage 2: action prior %s from %s", ", ".join(f"{k}={v}" for k, v in stored.items()), source)
+    return stage1
 
 
 def run(argv: list[str] | None = None) -> None:

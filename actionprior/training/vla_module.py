@@ -19,26 +19,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from actionprior.checkpoint import (
-    ARCHITECTURE_KEYS,
     CHECKPOINT_KEY,
+    CheckpointMismatchError,
+    StoredCheckpoint,
     check_compatible,
     checkpoint_payload,
     data_contract,
-    read_payload,
 )
-from actionprior.data.normalization import Normalizer
-from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
-from actionprior.models.vla import HISTORY_MODES, VLA
+from actionprior.models.vla import VLA, VLAConfig
 from actionprior.models.vlm_backbone import VLMBackbone
+from actionprior.training.configs import as_prior_config, as_vla_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
 
@@ -61,20 +60,13 @@ class VLAModule(L.LightningModule):
     """Stage 2. ``embodiments``/``normalization`` are linked from the DataModule by the CLI.
 
     Args:
-        backbone: hub id, local directory or ``tiny:<family>`` (qwen3_vl, qwen2_5_vl, smolvlm).
-        attn_implementation: ``auto`` = flash_attention_2 on CUDA when installed, else ``sdpa``.
-        gradient_checkpointing: recompute the backbone's activations in backward (memory for compute).
-        backbone_dtype: e.g. ``bfloat16`` to load a large backbone in half precision (None = as stored).
-        num_queries: Q learned query tokens appended after image, instruction (and history) tokens.
-        head_hidden: hidden width of the MLP from the query hidden states to ``z'``.
-        use_history: feed ``z_hist`` (encoder on the history window) as one token.
-        history_mode: ``exact`` = the paper's ``(L(z_hist) + L(none)) / 2`` with both passes;
-            ``stochastic`` = one pass, history token dropped per sample with p = 0.5 (cheaper, noisier).
-        width, depth, heads, latent_dim, io_mode, use_state, dropout, flow_alpha, flow_beta,
-            sample_steps: the action prior. Leave them unset (None) to take them from the Stage 1
-            checkpoint: the CLI fills them from ``--stage1_ckpt`` before building the module. A value
-            that is set must match the checkpoint's architecture (checked when it is loaded); the
-            no-prior baseline, which has no checkpoint, sets them all.
+        vla: the VLA's settings (:class:`~actionprior.models.vla.VLAConfig`: backbone, queries, history, and
+            ``action_prior``: ``stage1`` or the ``scratch`` baseline).
+        prior: the action prior's settings. Leave unset to take them from the Stage 1 checkpoint (the CLI reads
+            ``--stage1_ckpt``, or the checkpoint being resumed, before building the module); when set together
+            with a checkpoint, its architecture must equal the checkpoint's. The ``scratch`` baseline without
+            ``prior`` uses :class:`~actionprior.models.action_prior.ActionPriorConfig`'s defaults, which are
+            Stage 1's.
         chunk_len: actions per chunk (the CLI links it from ``data.chunk_len``).
         lr: learning rate of the action module (prior, queries, heads); lr_backbone: of the backbone.
         weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup + cosine (see training/optim.py).
@@ -89,25 +81,9 @@ class VLAModule(L.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "tiny:qwen3_vl",
-        attn_implementation: str = "auto",
-        gradient_checkpointing: bool = False,
-        backbone_dtype: str | None = None,
-        num_queries: int = 1,
-        head_hidden: int = 512,
-        use_history: bool = False,
-        history_mode: Literal["exact", "stochastic"] = "exact",
-        width: int | None = None,
-        depth: int | None = None,
-        heads: int | None = None,
-        latent_dim: int | None = None,
+        vla: VLAConfig | None = None,
+        prior: ActionPriorConfig | None = None,
         chunk_len: int = 16,
-        io_mode: Literal["projection", "padded"] | None = None,
-        use_state: bool | None = None,
-        flow_alpha: float | None = None,
-        flow_beta: float | None = None,
-        sample_steps: int | None = None,
-        dropout: float | None = None,
         lr: float = 3e-4,
         lr_backbone: float = 1e-4,
         weight_decay: float = 0.01,
@@ -125,39 +101,35 @@ class VLAModule(L.LightningModule):
         backbone_spec: dict | None = None,
     ):
         super().__init__()
-        if history_mode not in HISTORY_MODES:
-            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got '{history_mode}'")
-        prior = dict(
-            width=width,
-            depth=depth,
-            heads=heads,
-            latent_dim=latent_dim,
-            io_mode=io_mode,
-            use_state=use_state,
-            dropout=dropout,
-            flow_alpha=flow_alpha,
-            flow_beta=flow_beta,
-            sample_steps=sample_steps,
-        )
-        unset = [key for key, value in prior.items() if value is None]
-        if unset:
-            raise ValueError(
-                f"VLAModule: the action prior's {', '.join(unset)} are not set. Pass --stage1_ckpt to take "
-                "them from the Stage 1 checkpoint, or set model.init_args.<key> (the no-prior baseline, "
-                "which has no checkpoint, sets them all; see configs/ablations/no_prior.yaml)"
-            )
-        self.save_hyperparameters(ignore=["backbone_spec"])
+        vla = as_vla_config(vla)
+        prior = as_prior_config(prior)
+        if prior is None:
+            if vla.action_prior != "scratch":
+                raise ValueError(
+                    "VLAModule: the action prior's settings are not set. Pass --stage1_ckpt to take them from "
+                    "the Stage 1 checkpoint, or train the no-prior baseline (-c configs/ablations/no_prior.yaml)"
+                )
+            prior = ActionPriorConfig()
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__", "backbone_spec")}
+        # Plain containers only: checkpoints are read back with torch.load(weights_only=True).
+        self.save_hyperparameters({**hparams, "vla": vla.to_dict(), "prior": settings_dict(prior)})
+        self.vla_config = vla
         self.registry, self.normalizer = data_contract(embodiments, normalization, "VLAModule")
-        self.prior_config = ActionPriorConfig.for_embodiments(self.registry, chunk_len=chunk_len, **prior)
+        self.prior_config = prior.bind(self.registry, chunk_len)
         if (
             backbone_spec is not None
         ):  # rebuilding from a checkpoint: no hub, weights come from the state dict
-            vlm = VLMBackbone.from_spec(backbone_spec, attn_implementation, gradient_checkpointing)
-        else:
-            vlm = VLMBackbone.from_pretrained(
-                backbone, attn_implementation, gradient_checkpointing, torch_dtype=backbone_dtype
+            backbone = VLMBackbone.from_spec(
+                backbone_spec, vla.attn_implementation, vla.gradient_checkpointing
             )
-        self.model = VLA(vlm, ActionPrior(self.prior_config), num_queries, use_history, head_hidden)
+        else:
+            backbone = VLMBackbone.from_pretrained(
+                vla.backbone,
+                vla.attn_implementation,
+                vla.gradient_checkpointing,
+                torch_dtype=vla.backbone_dtype,
+            )
+        self.model = VLA.from_config(backbone, ActionPrior(self.prior_config), vla)
         for flag, part in (
             (freeze_backbone, self.model.backbone),
             (freeze_encoder, self.model.prior.encoder),
@@ -172,8 +144,25 @@ class VLAModule(L.LightningModule):
         self.scaler = ActionScaler(self.normalizer, self.registry.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
         self.train_error = EmbodimentActionError(self.registry.names)
-        # lambda(k); the ActionPriorTransfer callback sets it before every batch. 0 = no auxiliary branch.
+        # The Stage 1 checkpoint whose weights the action prior started from (None: not loaded, or scratch).
+        # Set by ActionPriorTransfer.load_into, kept in this module's checkpoints.
+        self.prior_source: str | None = None
+        # lambda(k), the weight of L_align + L_recon; the ActionPriorTransfer callback sets it before every
+        # batch. Always 0 for the scratch baseline: no auxiliary branch.
         self.aux_weight: float = 0.0
+
+    def on_fit_start(self) -> None:
+        # The no-prior choice is the model's, not only the callback's: a prior run whose prior was never loaded
+        # would otherwise train with a random decoder and lambda annealing towards a random encoder.
+        if self.vla_config.action_prior == "stage1" and self.prior_source is None:
+            raise ValueError(
+                "VLAModule: vla.action_prior is 'stage1' but no Stage 1 weights were loaded: pass --stage1_ckpt "
+                "(with the ActionPriorTransfer callback), or set vla.action_prior: scratch for the no-prior baseline"
+            )
+        if self.vla_config.action_prior == "scratch" and self.prior_source is not None:
+            raise ValueError(
+                f"VLAModule: vla.action_prior is 'scratch' but Stage 1 weights were loaded from {self.prior_source}"
+            )
 
     def setup(self, stage: str) -> None:
         # The camera order, image size and history length the model is trained on travel in the checkpoint,
@@ -194,7 +183,7 @@ class VLAModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _check_batch(self, batch: Mapping[str, Any]) -> None:
-        needed = BATCH_KEYS + (HISTORY_KEYS if self.hparams.use_history else ())
+        needed = BATCH_KEYS + (HISTORY_KEYS if self.vla_config.use_history else ())
         missing = [k for k in needed if k not in batch]
         if missing:
             raise KeyError(
@@ -209,12 +198,12 @@ class VLAModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._check_batch(batch)
-        lam = float(self.aux_weight)
-        out = self.model.loss(batch, lam, self.hparams.history_mode)
+        aux_weight = float(self.aux_weight) if self.vla_config.action_prior == "stage1" else 0.0
+        out = self.model.loss(batch, aux_weight, self.vla_config.history_mode)
         b = batch["action"].shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=b)
         self.log("train/pred_loss", out.pred, prog_bar=True, batch_size=b)
-        self.log("train/lambda", lam, batch_size=b)
+        self.log("train/aux_weight", aux_weight, batch_size=b)
         if out.align is not None:
             self.log("train/align_loss", out.align, batch_size=b)
             self.log("train/recon_loss", out.recon, batch_size=b)
@@ -303,58 +292,41 @@ class VLAModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def vla_settings(self) -> dict[str, Any]:
-        h = self.hparams
         return {
-            "stage": 2,
-            "num_queries": h.num_queries,
-            "head_hidden": h.head_hidden,
-            "use_history": h.use_history,
+            "config": self.vla_config.to_dict(),
             "camera_names": self.camera_names,
             "image_size": self.image_size,
             "history_len": self.history_len,
-            "backbone_source": h.backbone,
+            "prior_source": self.prior_source,
             "backbone_spec": self.model.backbone.export_spec(),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        payload = checkpoint_payload(self.prior_config, self.registry, self.normalizer)
-        payload["vla"] = self.vla_settings()
+        payload = checkpoint_payload(
+            self.prior_config, self.registry, self.normalizer, vla=self.vla_settings()
+        )
         checkpoint[CHECKPOINT_KEY] = payload
         # So that load_from_checkpoint rebuilds the backbone from the stored spec, not from the hub.
         checkpoint.setdefault("hyper_parameters", {})["backbone_spec"] = payload["vla"]["backbone_spec"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        source = "the Stage 2 checkpoint being loaded"
-        payload = read_payload(checkpoint, source)
-        if "vla" not in payload:
-            raise ValueError(f"{source} is a Stage 1 checkpoint; pass it as --stage1_ckpt, not --ckpt_path")
+        source = "the Stage 2 checkpoint being resumed (--ckpt_path)"
+        stored = StoredCheckpoint.from_dict(checkpoint, source).expect_stage(2, "Stage 2 resume")
         check_compatible(
-            payload,
+            stored.payload,
             source,
             registry=self.registry,
             normalizer=self.normalizer,
             config=self.prior_config,
-            config_keys=ARCHITECTURE_KEYS,
         )
-
-
-def build_vla_from_checkpoint(
-    checkpoint: Mapping[str, Any], attn_implementation: str = "auto"
-) -> tuple[VLA, EmbodimentRegistry, Normalizer, dict[str, Any]]:
-    """``(VLA in eval mode, registry, normaliser, vla settings)`` from a loaded Stage 2 checkpoint dict.
-
-    Needs no data and no network: the backbone is rebuilt from the stored spec, then all weights load.
-    """
-    source = "Stage 2 checkpoint"
-    payload = read_payload(checkpoint, source)
-    settings = payload.get("vla")
-    if settings is None:
-        raise ValueError(f"{source}: no 'vla' entry; this is a Stage 1 checkpoint")
-    registry = EmbodimentRegistry.from_dicts(payload["embodiments"])
-    normalizer = Normalizer.from_dict(payload["normalization"], registry)
-    backbone = VLMBackbone.from_spec(settings["backbone_spec"], attn_implementation)
-    prior = ActionPrior(ActionPriorConfig.from_dict(payload["model_config"]))
-    vla = VLA(backbone, prior, settings["num_queries"], settings["use_history"], settings["head_hidden"])
-    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    vla.load_state_dict(state)
-    return vla.eval(), registry, normalizer, settings
+        mine, theirs = self.vla_config.to_dict(), stored.vla_settings["config"]
+        differ = [
+            f"vla.{k} is {theirs.get(k)!r} in the checkpoint but {mine[k]!r} here"
+            for k in mine
+            if theirs.get(k) != mine[k]
+        ]
+        if differ:
+            raise CheckpointMismatchError(
+                f"{source} is incompatible with this configuration: {'; '.join(differ)}"
+            )
+        self.prior_source = stored.vla_settings.get("prior_source")
