@@ -38,6 +38,7 @@ from rich.table import Table
 
 from actionprior.evaluation.observation import validate_observation
 from actionprior.evaluation.policy import Policy
+from actionprior.resources import default_config_arg, local_config_file
 
 PARTS = ("batch", "history", "backbone", "decoder", "total", "act")
 
@@ -207,12 +208,15 @@ def main() -> None:
     )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument(
-        "--config", type=Path, default=Path("configs/stage2.yaml"), help="model config without --ckpt"
+        "--config",
+        type=local_config_file,  # a path, or actionprior:<name> for a shipped config
+        default=default_config_arg("stage2.yaml"),
+        help="model config without --ckpt",
     )
     p.add_argument(
         "--stage1-config",
-        type=Path,
-        default=Path("configs/stage1.yaml"),
+        type=local_config_file,
+        default=default_config_arg("stage1.yaml"),
         help="the action prior's settings without --ckpt",
     )
     p.add_argument("--history-len", type=int, default=None, help="default: the config's data.history_len")
