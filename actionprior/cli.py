@@ -59,11 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] in LIGHTNING_SUBCOMMANDS:
+        from actionprior.resources import ResourceError, expand_config_args
+
+        try:
+            expanded = expand_config_args(argv)  # -c actionprior:stage1.yaml names a shipped config
+        except ResourceError as exc:
+            print(f"actionprior: {exc}", file=sys.stderr)
+            return 2
+        if argv == sys.argv[1:]:
+            sys.argv[1:] = expanded  # LightningCLI (and a DDP relaunch) read the process's own argv
         from actionprior.training.lightning_cli import run
         from actionprior.training.strategies import StrategyError
 
         try:
-            run(argv)
+            run(expanded)
         except StrategyError as exc:
             print(f"actionprior: {exc}", file=sys.stderr)
             return 2

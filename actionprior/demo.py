@@ -20,6 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from actionprior.resources import default_config_arg
+
 console = Console()
 
 
@@ -39,8 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--episodes-per-task", type=int, default=20, help="demonstrations collected per task")
     p.add_argument("--eval-episodes-per-task", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--stage1-config", default="configs/stage1.yaml")
-    p.add_argument("--stage2-config", default="configs/stage2.yaml")
+    # ./configs/stageN.yaml when run from a checkout (or next to a copy of configs/), else the shipped one.
+    p.add_argument("--stage1-config", default=default_config_arg("stage1.yaml"))
+    p.add_argument("--stage2-config", default=default_config_arg("stage2.yaml"))
     p.add_argument("--stage1-steps", type=int, default=None, help="override trainer.max_steps of Stage 1")
     p.add_argument("--stage2-steps", type=int, default=None, help="override trainer.max_steps of Stage 2")
     p.add_argument("--fresh", action="store_true", help="delete the runs folder first (the dataset is kept)")

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-DEFAULT_EMBODIMENT_DIR = Path(__file__).resolve().parent.parent / "configs" / "embodiments"
+from actionprior.resources import embodiment_dir
+
+# The checkout's configs/embodiments, or the copy shipped in the wheel (actionprior/resources.py).
+DEFAULT_EMBODIMENT_DIR = embodiment_dir()
 
 
 class EmbodimentError(ValueError):

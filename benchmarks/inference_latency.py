@@ -38,6 +38,7 @@ from rich.table import Table
 
 from actionprior.inference.observation import validate_observation
 from actionprior.inference.policy import Policy
+from actionprior.resources import default_config_arg, local_config_file
 
 PARTS = ("batch", "history", "backbone", "decoder", "total", "act")
 
@@ -53,7 +54,6 @@ def default_policy(
     settings from the Stage 1 config), random weights."""
     import yaml
 
-    from actionprior.checkpoint import PRIOR_SETTINGS
     from actionprior.data.normalization import Normalizer
     from actionprior.data.stats import compute_stats
     from actionprior.data.stream import default_camera_names
@@ -62,15 +62,14 @@ def default_policy(
 
     cfg = yaml.safe_load(config.read_text())
     init = {k: v for k, v in cfg["model"]["init_args"].items() if k != "camera_names"}
+    init["vla"] = dict(init.get("vla") or {})
     # What Stage 2 would read from a checkpoint of `make stage1`: the Stage 1 config's prior settings.
-    stage1 = yaml.safe_load(stage1_config.read_text())["model"]["init_args"]
-    for key in PRIOR_SETTINGS:
-        if init.get(key) is None:
-            init[key] = stage1[key]
+    if init.get("prior") is None:
+        init["prior"] = yaml.safe_load(stage1_config.read_text())["model"]["init_args"]["prior"]
     data = cfg.get("data", {})
     init["chunk_len"] = data.get("chunk_len", init.get("chunk_len", 16))
     if use_history is not None:
-        init["use_history"] = use_history
+        init["vla"]["use_history"] = use_history
     history_len = history_len if history_len is not None else data.get("history_len", 8)
     registry = EmbodimentRegistry.from_dir()
     rng = np.random.default_rng(0)
@@ -90,7 +89,7 @@ def default_policy(
         cameras,
         image_size,
         chunk_len=module.prior_config.chunk_len,
-        history_len=history_len if init.get("use_history") else 0,
+        history_len=history_len if init["vla"].get("use_history") else 0,
     )
 
 
@@ -207,12 +206,15 @@ def main() -> None:
     )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument(
-        "--config", type=Path, default=Path("configs/stage2.yaml"), help="model config without --ckpt"
+        "--config",
+        type=local_config_file,  # a path, or actionprior:<name> for a shipped config
+        default=default_config_arg("stage2.yaml"),
+        help="model config without --ckpt",
     )
     p.add_argument(
         "--stage1-config",
-        type=Path,
-        default=Path("configs/stage1.yaml"),
+        type=local_config_file,
+        default=default_config_arg("stage1.yaml"),
         help="the action prior's settings without --ckpt",
     )
     p.add_argument("--history-len", type=int, default=None, help="default: the config's data.history_len")

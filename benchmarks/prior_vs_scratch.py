@@ -21,7 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from actionprior.checkpoint import prior_settings
+from actionprior.checkpoint import StoredCheckpoint
+from actionprior.resources import default_config_arg
+from actionprior.training.configs import settings_dict
 
 TAGS = ("train/pred_loss", "train/grad_norm", "train/grad_norm_backbone", "train/grad_norm_prior")
 
@@ -39,8 +41,9 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 def fit(args: argparse.Namespace, name: str, stage1_ckpt: str | None) -> dict[str, list[float]]:
     run_dir = args.out / name
     # The scratch decoder gets exactly the prior's architecture (which Stage 2 otherwise reads from it).
-    same = [f"--model.init_args.{k}={v}" for k, v in prior_settings(args.stage1_ckpt).items()]
-    baseline = [] if stage1_ckpt else ["-c", "configs/ablations/no_prior.yaml", *same]
+    prior = settings_dict(StoredCheckpoint.read(args.stage1_ckpt).prior_config)
+    same = [f"--model.init_args.prior.{k}={v}" for k, v in prior.items()]
+    baseline = [] if stage1_ckpt else ["-c", default_config_arg("ablations/no_prior.yaml"), *same]
     cmd = [
         sys.executable, "-m", "actionprior.cli", "fit", "-c", args.config, *baseline,
         f"--data.datasets=[{{path: {args.data}}}]",
@@ -60,7 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage1-ckpt", required=True)
     p.add_argument("--data", default="data_shards/sim-default")
-    p.add_argument("--config", default="configs/stage2.yaml")
+    p.add_argument("--config", default=default_config_arg("stage2.yaml"))
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-prior-vs-scratch"))

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import yaml
 
-STAGE_CONFIGS = {1: "configs/stage1.yaml", 2: "configs/stage2.yaml"}
-CLUSTER_CONFIG_DIR = "configs/cluster"
+from actionprior.resources import ResourceError, default_config_arg, local_config_file
+
+# Names under configs/. A command uses ./configs/<name> when the working directory has it (a checkout),
+# else actionprior:<name>, the copy shipped in the package, which `actionprior fit` resolves where it runs.
+STAGE_CONFIGS = {1: "stage1.yaml", 2: "stage2.yaml"}
+CLUSTER_CONFIG_DIR = "cluster"
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test")
 
 # Keys the launcher owns: a user override would make Lightning disagree with the process layout.
@@ -89,7 +93,7 @@ class TrainCommand:
 
     @property
     def stage_config(self) -> str:
-        return STAGE_CONFIGS[self.stage]
+        return _default_config(STAGE_CONFIGS[self.stage])
 
     @property
     def cluster_config(self) -> str | None:
@@ -99,7 +103,7 @@ class TrainCommand:
         multi_gpu_stage2 = self.stage == 2 and self.gpus > 0 and self.world_size > 1
         if strategy is None and multi_gpu_stage2 and not self._strategy_chosen_in_args():
             strategy = "ddp"
-        return None if strategy is None else f"{CLUSTER_CONFIG_DIR}/{strategy}.yaml"
+        return None if strategy is None else _default_config(f"{CLUSTER_CONFIG_DIR}/{strategy}.yaml")
 
     def _strategy_chosen_in_args(self) -> bool:
         args = list(self.extra_args)
@@ -107,7 +111,7 @@ class TrainCommand:
             return True
         configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")]
         configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-        return any(_strategy_in_config(Path(c)) for c in configs)
+        return any(_strategy_in_config(c) for c in configs)
 
     def config_files(self) -> list[str]:
         """Every ``-c`` file of the run, in order: stage config, cluster config, then those in ARGS."""
@@ -126,7 +130,7 @@ class TrainCommand:
         """The CUDA-only strategy this run selects (from a ``-c`` file or ``--trainer.strategy``), if any."""
         specs: list[str] = []
         for path in self.config_files():
-            strategy = _strategy_in_config(Path(path))
+            strategy = _strategy_in_config(path)
             if strategy:
                 specs.append(strategy)
             elif path == self.cluster_config:
@@ -163,16 +167,32 @@ class TrainCommand:
         return [self.python, "-m", "actionprior.cli", *self.cli_args()]
 
     def check_files_exist(self, root: Path = Path(".")) -> None:
-        missing = [p for p in self.config_files() if not (root / p).is_file()]
+        missing = [p for p in self.config_files() if not (root / _local_file(p)).is_file()]
         if missing:
             raise LaunchError(
                 f"config file(s) not found: {', '.join(missing)} (relative to {root.resolve()}); "
-                "run from the repository root"
+                "a path is relative to the working directory, actionprior:<name> names a shipped config"
             )
 
 
-def _strategy_in_config(path: Path) -> str | None:
+def _default_config(name: str) -> str:
+    try:
+        return default_config_arg(name)
+    except ResourceError as err:
+        raise LaunchError(str(err)) from err
+
+
+def _local_file(value: str) -> Path:
+    """The file a -c value denotes here (actionprior:<name> is resolved through the package)."""
+    try:
+        return local_config_file(value)
+    except ResourceError as err:
+        raise LaunchError(str(err)) from err
+
+
+def _strategy_in_config(value: str) -> str | None:
     """``trainer.strategy`` of a YAML config as a string (a name or a class_path); None if unset/unreadable."""
+    path = _local_file(value)
     if not path.is_file():
         return None
     try:
@@ -211,7 +231,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         default=None,
-        help=f"a config under {CLUSTER_CONFIG_DIR}/ (ddp, fsdp, deepspeed_zero2, deepspeed_zero3), layered on the stage config",
+        help=f"a config under configs/{CLUSTER_CONFIG_DIR}/ (ddp, fsdp, deepspeed_zero2, deepspeed_zero3), layered on the stage config",
     )
     parser.add_argument("--subcommand", default="fit", choices=TRAINER_SUBCOMMANDS)
     parser.add_argument("--dry-run", action="store_true", help="print the exact commands and exit")

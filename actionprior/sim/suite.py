@@ -14,8 +14,10 @@ from typing import Any
 import yaml
 
 from actionprior.embodiments import DEFAULT_EMBODIMENT_DIR, EmbodimentRegistry
+from actionprior.resources import suite_dir
 
-DEFAULT_SUITE_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "suites"
+# The checkout's configs/suites, or the copy shipped in the wheel (actionprior/resources.py).
+DEFAULT_SUITE_DIR = suite_dir()
 DEFAULT_SUITE = "sim-default"
 # Task names end up in episode keys and shard names, which allow only these characters.
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")

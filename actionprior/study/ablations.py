@@ -21,12 +21,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from actionprior.resources import default_config_arg
+
+# ./configs/<name> from a checkout's root, else actionprior:<name> (the shipped copy)
+STAGE1, STAGE2 = default_config_arg("stage1.yaml"), default_config_arg("stage2.yaml")
 # row name -> (ablation config, which Stage 1 prior it needs or None)
 ROWS = {
-    "no prior": ("configs/ablations/no_prior.yaml", None),
-    "action-only prior": ("configs/ablations/action_only_prior.yaml", "action_only"),
-    "action-state prior": ("configs/ablations/action_state_prior.yaml", "action_state"),
-    "+ history": ("configs/ablations/action_state_prior_history.yaml", "action_state"),
+    "no prior": (default_config_arg("ablations/no_prior.yaml"), None),
+    "action-only prior": (default_config_arg("ablations/action_only_prior.yaml"), "action_only"),
+    "action-state prior": (default_config_arg("ablations/action_state_prior.yaml"), "action_state"),
+    "+ history": (default_config_arg("ablations/action_state_prior_history.yaml"), "action_state"),
 }
 PRIORS = {
     "action_state": ["--model.init_args.prior.use_state=true"],
@@ -72,7 +76,7 @@ def main() -> None:
     priors: dict[str, Path] = {}
     for needed in sorted({ROWS[r][1] for r in args.rows} - {None}):
         priors[needed] = fit(
-            ["configs/stage1.yaml"],
+            [STAGE1],
             args.runs / f"stage1-{needed}",
             args.data,
             args.stage1_steps,
@@ -83,7 +87,7 @@ def main() -> None:
         config, prior = ROWS[row]
         slug = Path(config).stem
         extra = [f"--stage1_ckpt={priors[prior]}"] if prior else []
-        ckpt = fit(["configs/stage2.yaml", config], args.runs / slug, args.data, args.stage2_steps, *extra)
+        ckpt = fit([STAGE2, config], args.runs / slug, args.data, args.stage2_steps, *extra)
         out = args.runs / f"eval-{slug}"
         run([
             sys.executable, "-m", "actionprior.cli", "eval", "--ckpt", str(ckpt), "--suite", "sim-default",
