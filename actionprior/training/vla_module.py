@@ -29,8 +29,8 @@ from actionprior.data.normalization import Normalizer
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
+from actionprior.models.backbones import VLMBackbone
 from actionprior.models.vla import HISTORY_MODES, VLA
-from actionprior.models.vlm_backbone import VLMBackbone
 from actionprior.training.checkpointing import (
     ARCHITECTURE_KEYS,
     CHECKPOINT_KEY,
