@@ -108,8 +108,14 @@ def load_processor(path: str, model_type: str) -> Any:
         k: v for k, v in processor_dict.items() if k in init and k not in ("self", *cls.get_attributes())
     }
     tokenizer = AutoTokenizer.from_pretrained(path)
-    # The PIL backend: the torchvision one (AutoImageProcessor's default) needs torchvision.
-    image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+    try:
+        # The PIL backend: the torchvision one (AutoImageProcessor's default) needs torchvision.
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+    except OSError as err:
+        raise UnsupportedBackbone(
+            f"backbone '{path}' (model_type '{model_type}') has no image processor "
+            f"(preprocessor_config.json): no image path ({err.__class__.__name__})"
+        ) from err
     return restricted(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
 

@@ -107,8 +107,9 @@ class VLMBackbone(nn.Module):
                 "generic path, and none was given"
             )
         if processor is not None:
-            tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
-            image_processor = image_processor if image_processor is not None else processor.image_processor
+            tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+            if image_processor is None:
+                image_processor = getattr(processor, "image_processor", None)
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
