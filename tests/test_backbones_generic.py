@@ -14,8 +14,9 @@ from test_policy_fixtures import HISTORY, IMAGE, raw_observation
 from test_vla_fixtures import loader, make_batch, module_kwargs
 
 from actionprior.evaluation.policy import Policy
-from actionprior.models.backbones import UnsupportedBackbone, VLMBackbone
+from actionprior.models.backbones import ADAPTERS, UnsupportedBackbone, VLMBackbone
 from actionprior.models.backbones.tiny import (
+    FAMILIES,
     QWEN3_VL_2B,
     build_tiny_tokenizer,
     qwen3_vl_2b_config,
@@ -26,6 +27,25 @@ from actionprior.training.vla_module import VLAModule
 NEW_FAMILIES = ("paligemma", "llava", "gemma3", "internvl", "qwen3_5")
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_tiny_family_runs_and_a_masked_extra_token_is_left_out(family):
+    """Each family's path; "no history token" (extra_mask False) equals calling without that token."""
+    bb = VLMBackbone.from_pretrained(f"tiny:{family}")
+    assert bb.path == ("adapter" if family in ADAPTERS else "generic")
+    batch = make_batch(2)
+    images, cameras, text = batch["images"], batch["camera_mask"], batch["instruction"]
+    extra = torch.randn(2, 3, 64)
+    no_history = torch.tensor([[False, True, True], [False, True, True]])
+    with torch.no_grad():
+        masked = bb(images, cameras, text, extra, no_history)
+        without = bb(images, cameras, text, extra[:, 1:])
+        with_history = bb(images, cameras, text, extra)
+    assert masked.shape == (2, 3, 64) and torch.isfinite(masked).all()
+    torch.testing.assert_close(masked[:, 1:], without, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(with_history[:, 1:], without, atol=1e-4)  # the history token is seen
+
+
+@pytest.mark.slow  # 8-30 s each on the shared 2-core machine (Lightning fit + checkpoint + Policy rebuild)
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_family_trains_checkpoints_and_acts_offline(tmp_path, monkeypatch, family):
     """A local save_pretrained folder, exactly as a hub model: Stage 2 steps, checkpoint, offline Policy."""
@@ -47,7 +67,8 @@ def test_family_trains_checkpoints_and_acts_offline(tmp_path, monkeypatch, famil
     after = backbone.model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     # The text tower and the vision tower both learned: gradients reached the image tokens too.
-    assert any("vision" in k for k in changed) and any("vision" not in k for k in changed)
+    vision = [k for k in changed if "vision" in k or "visual" in k]
+    assert vision and len(vision) < len(changed)
     ckpt = tmp_path / "stage2.ckpt"
     trainer.save_checkpoint(ckpt)
 

@@ -65,6 +65,12 @@ def image_text_processor_class(cls: type) -> type:
             self, image_processor=image_processor, tokenizer=tokenizer, **dict.fromkeys(dropped), **kwargs
         )
 
+    # The original signature minus the dropped parts: ProcessorMixin reads it to find the sub-processors
+    # and the init arguments to save (e.g. InternVL's image_seq_length).
+    signature = inspect.signature(cls.__init__)
+    __init__.__signature__ = signature.replace(
+        parameters=[p for n, p in signature.parameters.items() if n not in dropped]
+    )
     return type(
         cls.__name__,
         (cls,),
