@@ -46,14 +46,15 @@ def test_every_tiny_family_runs_and_a_masked_extra_token_is_left_out(family):
 
 
 @pytest.mark.slow  # 8-30 s each on the shared 2-core machine (Lightning fit + checkpoint + Policy rebuild)
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", NEW_FAMILIES + tuple(sorted(set(FAMILIES) - set(NEW_FAMILIES))))
 def test_family_trains_checkpoints_and_acts_offline(tmp_path, monkeypatch, family):
     """A local save_pretrained folder, exactly as a hub model: Stage 2 steps, checkpoint, offline Policy."""
     folder = save_tiny_backbone(family, tmp_path / family, seed=1)
     torch.manual_seed(0)
     module = VLAModule(**module_kwargs(backbone=str(folder), use_history=True, lr_backbone=1e-2))
     backbone = module.model.backbone
-    assert backbone.path == "generic" and backbone.model.config.model_type == family
+    path = "adapter" if family in ADAPTERS else "generic"
+    assert backbone.path == path and backbone.model.config.model_type == family
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     trainer = L.Trainer(
         max_steps=2,
@@ -76,7 +77,7 @@ def test_family_trains_checkpoints_and_acts_offline(tmp_path, monkeypatch, famil
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     policy = Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY)
     rebuilt = policy.model.backbone
-    assert rebuilt.path == "generic" and type(rebuilt.model) is type(backbone.model)
+    assert rebuilt.path == path and type(rebuilt.model) is type(backbone.model)
     for key, value in module.model.state_dict().items():
         torch.testing.assert_close(
             policy.model.state_dict()[key], value.to(policy.model.state_dict()[key].device)
