@@ -219,8 +219,8 @@ class StoredCheckpoint:
 
     def build_vla(self, attn_implementation: str = "auto") -> Any:
         """The trained VLA (eval mode); needs no data and no network."""
+        from actionprior.models.backbones import VLMBackbone
         from actionprior.models.vla import VLA, VLAConfig
-        from actionprior.models.vlm_backbone import VLMBackbone
 
         settings = self.vla_settings
         config = VLAConfig.from_dict(settings["config"])

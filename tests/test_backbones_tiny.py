@@ -7,8 +7,8 @@ import pytest
 import torch
 from vla_builders import loader, make_batch, module_kwargs
 
-from actionprior.models.tiny_backbones import save_tiny_backbone
-from actionprior.models.vlm_backbone import VLMBackbone, frames_per_sample, pick_attn_implementation
+from actionprior.models.backbones import VLMBackbone, frames_per_sample, pick_attn_implementation
+from actionprior.models.backbones.tiny import save_tiny_backbone
 from actionprior.training.vla_module import VLAModule
 
 KINDS = ("qwen3_vl", "qwen2_5_vl", "smolvlm")

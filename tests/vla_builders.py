@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.backbones import VLMBackbone
 from actionprior.models.vla import VLA
-from actionprior.models.vlm_backbone import VLMBackbone
 
 CHUNK, HISTORY, CAMERAS, IMAGE = 4, 3, 2, 32
 INSTRUCTIONS = ("pick up the red cube", "open the drawer", "push the puck to the goal")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actionprior.models.action_prior import ActionPrior
-from actionprior.models.vlm_backbone import VLMBackbone
+from actionprior.models.backbones import VLMBackbone
 
 HistoryMode = Literal["exact", "stochastic"]
 HISTORY_MODES = ("exact", "stochastic")

@@ -35,8 +35,8 @@ from actionprior.checkpoint import (
 )
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
+from actionprior.models.backbones import VLMBackbone
 from actionprior.models.vla import VLA, VLAConfig
-from actionprior.models.vlm_backbone import VLMBackbone
 from actionprior.training.configs import as_prior_config, as_vla_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
