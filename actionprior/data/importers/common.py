@@ -1,0 +1,306 @@
+"""What every importer shares: image fitting, episode validation and the parallel, resumable write loop.
+
+An import writes into ``OUT.partial/`` with the project's :class:`~actionprior.data.writer.DatasetWriter`
+(one shard per unit of consecutive source episodes) and renames it to ``OUT`` only after the statistics
+and the embodiment spec are written, so an interrupted or failed import never leaves something that
+looks like a valid dataset at ``OUT``. Re-running the same command resumes: the shards the partial
+manifest already lists are skipped. Units run in worker processes; the parent alone writes, in unit
+order, so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from actionprior.data.schema import MANIFEST_FILE, DataError, Episode
+from actionprior.data.writer import DatasetWriter, load_manifest
+from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
+
+ResizeMode = Literal["pad", "crop"]
+RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_SHARD_EPISODES = 10
+PARTIAL_SUFFIX = ".partial"
+SPEC_FILE = "embodiment.yaml"
+# Bounded readers: refuse frames larger than this many pixels (a 4K frame is 8.3 M).
+MAX_FRAME_PIXELS = 16_000_000
+
+
+class ImportFailure(DataError):
+    """Bad source data; the message is one line naming the file (and episode) and what is wrong."""
+
+
+def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
+    """A uint8 ``[H, W, 3]`` frame made square ``[size, size, 3]``, keeping the aspect ratio.
+
+    ``pad`` (the default, letterbox) scales the longer side to ``size`` and centres the image on black
+    bars, so the whole field of view is kept; ``crop`` scales the shorter side to ``size`` and cuts the
+    centre. Inference must apply the same function to live camera frames: the choice is recorded in the
+    manifest (``import.image``), in the embodiment spec (``sim.image``) and in every episode's meta.
+    """
+    h, w = frame.shape[:2]
+    if h == size and w == size:
+        return frame
+    from PIL import Image
+
+    scale = size / max(h, w) if mode == "pad" else size / min(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR))
+    if mode == "crop":
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return np.ascontiguousarray(resized[top : top + size, left : left + size])
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out
+
+
+def image_record(size: int, mode: ResizeMode) -> dict[str, Any]:
+    """How frames were made square; stored where inference can find it (see :func:`fit_image`)."""
+    return {"size": int(size), "resize": mode, "pad_value": 0, "interpolation": "bilinear", "function": (
+        "actionprior.data.importers.common.fit_image"
+    )}
+
+
+def short_name(key: str) -> str:
+    """A camera or feature key reduced to a name the shard format accepts (``observation.images.top`` -> ``top``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]) or "camera"
+
+
+def parse_episode_selection(text: str | None, available: Sequence[int], where: str) -> list[int]:
+    """``"0:10,15,20:22"`` (end-exclusive ranges) -> the selected episode indices, in source order."""
+    if not text:
+        return list(available)
+    chosen: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                a, b = part.split(":", 1)
+                chosen.update(range(int(a), int(b)))
+            elif part:
+                chosen.add(int(part))
+        except ValueError:
+            raise ImportFailure(f"--episodes: cannot parse '{part}' (use e.g. 0:10,15)") from None
+    missing = sorted(chosen - set(available))
+    if missing:
+        raise ImportFailure(f"{where}: --episodes asks for episodes {missing[:5]} that the source lacks")
+    return [i for i in available if i in chosen]
+
+
+def check_contiguous(indices: Sequence[int], where: str) -> None:
+    """Episode indices must be 0..N-1 without gaps (LeRobot and robomimic both number them so)."""
+    ordered = sorted(indices)
+    if len(set(ordered)) != len(ordered):
+        dupes = sorted({i for i in ordered if ordered.count(i) > 1})
+        raise ImportFailure(f"{where}: duplicate episode indices {dupes[:5]}")
+    for expected, got in enumerate(ordered):
+        if got != expected:
+            raise ImportFailure(
+                f"{where}: episode index gap: episode {expected} is missing (next present is {got})"
+            )
+
+
+def make_episode(
+    *,
+    key: str,
+    where: str,
+    embodiment: str,
+    instruction: str,
+    state: np.ndarray,
+    action: np.ndarray,
+    control_rate_hz: float,
+    frames: dict[str, np.ndarray],
+    extra: dict[str, Any],
+    task: str | None = None,
+) -> Episode:
+    """An :class:`Episode` after the checks that give the one-line errors (``where`` names file and episode)."""
+    if state.ndim != 2 or action.ndim != 2:
+        raise ImportFailure(f"{where}: state {state.shape} and action {action.shape} must be [T, D]")
+    if len(state) != len(action):
+        raise ImportFailure(f"{where}: {len(state)} states but {len(action)} actions")
+    if len(state) == 0:
+        raise ImportFailure(f"{where}: empty episode")
+    for label, arr in (("state", state), ("action", action)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            t, d = np.argwhere(bad)[0]
+            raise ImportFailure(f"{where}: {label} has {int(bad.sum())} NaN/Inf values (first at t={t}, dim={d})")
+    for cam, f in frames.items():
+        if len(f) != len(state):
+            raise ImportFailure(f"{where}: camera '{cam}' has {len(f)} frames for {len(state)} steps")
+    return Episode(
+        key=key,
+        embodiment=embodiment,
+        task=task if task is not None else instruction,
+        instruction=instruction,
+        state=state,
+        action=action,
+        success=True,
+        control_rate_hz=control_rate_hz,
+        frames=frames,
+        extra=extra,
+    )
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One shard's worth of consecutive source episodes."""
+
+    name: str
+    episodes: tuple[int, ...]
+    frames: int  # rows (timesteps) in these episodes, for the progress bar
+
+
+def plan_units(prefix: str, episodes: Sequence[int], lengths: Sequence[int], shard_episodes: int) -> list[Unit]:
+    if shard_episodes <= 0:
+        raise ImportFailure(f"--shard-episodes must be positive, got {shard_episodes}")
+    units = []
+    for start in range(0, len(episodes), shard_episodes):
+        eps = tuple(episodes[start : start + shard_episodes])
+        units.append(Unit(f"{prefix}_{eps[0]:06d}", eps, int(sum(lengths[start : start + shard_episodes]))))
+    return units
+
+
+class Source(Protocol):
+    """A planned import, picklable: workers get one copy and load units from it."""
+
+    def load_unit(self, unit: Unit) -> list[Episode]: ...
+
+
+_SOURCE: Any = None
+
+
+def _init_worker(source: Source) -> None:
+    global _SOURCE
+    _SOURCE = source
+
+
+def _load(unit: Unit) -> tuple[Unit, list[Episode]]:
+    return unit, _SOURCE.load_unit(unit)
+
+
+@dataclass
+class ImportReport:
+    out_dir: Path
+    episodes: int
+    frames: int
+    units_run: int
+    units_skipped: int
+    seconds: float
+    already_complete: bool = False
+
+
+def run_import(
+    source: Source,
+    units: Sequence[Unit],
+    out_dir: str | Path,
+    spec: EmbodimentSpec,
+    record: dict[str, Any],
+    *,
+    workers: int = 2,
+    console: Console | None = None,
+    on_unit: Callable[[Unit], None] | None = None,
+) -> ImportReport:
+    """Load every unit (in ``workers`` processes) and write it; resume a partial import; publish at the end.
+
+    ``record`` describes the import (source, settings): it goes into the manifest's ``import`` section and
+    a partial import is resumed only with the same record. ``on_unit`` is called after each written shard
+    (tests interrupt an import with it).
+    """
+    start = time.perf_counter()
+    console = console or Console()
+    out = Path(out_dir)
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    total_frames = sum(u.frames for u in units)
+    total_eps = sum(len(u.episodes) for u in units)
+    if (out / MANIFEST_FILE).exists():
+        done = load_manifest(out)
+        if done.get("import") == record:
+            return ImportReport(out, total_eps, total_frames, 0, len(units), 0.0, already_complete=True)
+        raise ImportFailure(
+            f"{out} already holds a dataset made from another source or settings; choose another --out or delete it"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ImportFailure(f"{out} exists and is not an actionprior dataset; choose another --out")
+    writer = DatasetWriter(partial, EmbodimentRegistry([spec]), name=out.name)
+    previous = writer.manifest.get("import")
+    if previous is not None and previous != record:
+        raise ImportFailure(
+            f"{partial} is an interrupted import with other settings; re-run with the same flags or delete it"
+        )
+    writer.manifest["import"] = record
+    todo = [u for u in units if not writer.has_shard(u.name)]
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"import {out.name}", total=total_frames, completed=total_frames - sum(
+            u.frames for u in todo
+        ))
+
+        def write(unit: Unit, episodes: list[Episode]) -> None:
+            writer.add_shard(unit.name, episodes, collection={"source_episodes": list(unit.episodes)})
+            progress.update(bar, advance=unit.frames)
+            if on_unit is not None:
+                on_unit(unit)
+
+        if workers <= 1 or len(todo) <= 1:
+            for unit in todo:
+                write(unit, source.load_unit(unit))
+        else:
+            # 'spawn': PyAV and pyarrow start threads, which do not survive a fork.
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(source,)) as pool:
+                for unit, episodes in pool.imap(_load, todo):  # in order: output independent of workers
+                    write(unit, episodes)
+    if not writer.manifest["shards"]:
+        raise ImportFailure("nothing to import: no episode selected")
+    writer.finalize()
+    (partial / SPEC_FILE).write_text(spec_yaml(spec))
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, out)
+    return ImportReport(out, total_eps, total_frames, len(todo), len(units) - len(todo), time.perf_counter() - start)
+
+
+def spec_yaml(spec: EmbodimentSpec) -> str:
+    header = (
+        f"# Embodiment spec written by `actionprior data import` for {spec.name}.\n"
+        "# Copy it to configs/embodiments/ to evaluate or serve this robot; edit gripper dims or control_mode\n"
+        "# if the guesses are wrong (then re-import with --spec so the shards carry the same spec).\n"
+    )
+    return header + yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+
+
+def remove_partial(out_dir: str | Path) -> None:
+    """Delete an interrupted import's ``OUT.partial`` (for ``--restart``)."""
+    partial = Path(out_dir).with_name(Path(out_dir).name + PARTIAL_SUFFIX)
+    if partial.exists():
+        shutil.rmtree(partial)

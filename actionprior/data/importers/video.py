@@ -1,0 +1,101 @@
+"""Frames of a video at given timestamps, decoded with PyAV (FFmpeg): AV1, H.264, HEVC, VP9, ...
+
+A :class:`VideoReader` keeps one container open and, for each request, seeks to the key frame at or before
+the first wanted timestamp and decodes forward only as far as the last one (LeRobot v3.0 packs many
+episodes into one file; an episode is located by its ``from_timestamp``). Each wanted timestamp gets the
+decoded frame whose presentation time is nearest, and it must be closer than half a frame period: a
+missing, dropped or truncated stretch of video is an error, never a silently repeated frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+
+from actionprior.data.importers.common import MAX_FRAME_PIXELS, ImportFailure
+
+
+class VideoReader:
+    def __init__(self, path: str | Path, fps: float, where: str, threads: int = 0):
+        self.path = Path(path)
+        self.tol = 0.5 / fps
+        self.where = where
+        if not self.path.is_file():
+            raise ImportFailure(f"{self.path}: {where}: video file missing")
+        try:
+            self.container = av.open(str(self.path))
+        except av.FFmpegError as exc:
+            raise ImportFailure(f"{self.path}: {where}: cannot open video ({_short(exc)})") from None
+        if not self.container.streams.video:
+            self.close()
+            raise ImportFailure(f"{self.path}: {where}: no video stream")
+        self.stream = self.container.streams.video[0]
+        ctx = self.stream.codec_context
+        if ctx.width * ctx.height > MAX_FRAME_PIXELS:
+            self.close()
+            raise ImportFailure(f"{self.path}: {where}: {ctx.width}x{ctx.height} frames are too large")
+        ctx.thread_count = threads  # 0: FFmpeg picks; 1 per process when several workers share the cores
+        ctx.thread_type = "AUTO"
+
+    def frames_at(
+        self, timestamps: np.ndarray, convert: Callable[[np.ndarray], np.ndarray], where: str
+    ) -> list[np.ndarray]:
+        """``convert(rgb_frame)`` of the frame nearest each timestamp (seconds in the file's time line)."""
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        first, last = float(timestamps.min()), float(timestamps.max())
+        times: list[float] = []
+        frames: list[np.ndarray] = []
+        try:
+            base = self.stream.time_base
+            self.container.seek(max(0, int((first - self.tol) / base)), stream=self.stream, backward=True)
+            for frame in self.container.decode(self.stream):
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * base)
+                if t < first - self.tol:
+                    continue
+                if t > last + self.tol:
+                    break
+                times.append(t)
+                frames.append(convert(frame.to_ndarray(format="rgb24")))
+        except av.FFmpegError as exc:
+            raise ImportFailure(f"{self.path}: {where}: corrupt video ({_short(exc)})") from None
+        if not times:
+            raise ImportFailure(
+                f"{self.path}: {where}: no video frame between {first:.3f} s and {last:.3f} s "
+                "(truncated or corrupt video?)"
+            )
+        decoded = np.asarray(times)
+        order = np.argsort(decoded, kind="stable")  # presentation order (B-frames decode out of order)
+        decoded = decoded[order]
+        idx = np.clip(np.searchsorted(decoded, timestamps), 1, len(decoded) - 1) if len(decoded) > 1 else None
+        if idx is None:
+            nearest = np.zeros(len(timestamps), dtype=np.int64)
+        else:
+            left_closer = np.abs(timestamps - decoded[idx - 1]) <= np.abs(decoded[idx] - timestamps)
+            nearest = np.where(left_closer, idx - 1, idx)
+        gap = np.abs(decoded[nearest] - timestamps)
+        bad = np.flatnonzero(gap >= self.tol)
+        if bad.size:
+            i = int(bad[0])
+            raise ImportFailure(
+                f"{self.path}: {where}: no video frame within {self.tol * 1000:.0f} ms of t={timestamps[i]:.3f} s "
+                f"(row {i}; decoded frames span {decoded[0]:.3f}-{decoded[-1]:.3f} s; truncated video?)"
+            )
+        return [frames[order[j]] for j in nearest]
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
