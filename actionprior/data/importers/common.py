@@ -33,7 +33,6 @@ from rich.progress import (
 )
 
 from actionprior.data.schema import MANIFEST_FILE, DataError, Episode
-from actionprior.data.writer import DatasetWriter, load_manifest
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
 ResizeMode = Literal["pad", "crop"]
@@ -228,6 +227,10 @@ def run_import(
     a partial import is resumed only with the same record. ``on_unit`` is called after each written shard
     (tests interrupt an import with it).
     """
+    # Imported here, not at module level: worker processes import this module but never write, and the
+    # writer pulls in webdataset (and torch), seconds of start-up per spawned worker.
+    from actionprior.data.writer import DatasetWriter, load_manifest
+
     start = time.perf_counter()
     console = console or Console()
     out = Path(out_dir)
