@@ -4,7 +4,6 @@ made here (see tests/fixtures/import_layouts.py for where each layout comes from
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,8 +108,17 @@ def test_v3_spec_manifest_check_and_streaming(v3_import: Path) -> None:
     registry = EmbodimentRegistry.from_dicts(manifest["embodiments"].values())
     source = shard_source(v3_import, "observation", "all", 0.0)
     stream = WindowStream(
-        [source], registry, None, view="observation", split="all", chunk_len=4, history_len=2, batch_size=5,
-        windows_per_episode=2, shuffle_buffer=8, camera_names=["front", "wrist"],
+        [source],
+        registry,
+        None,
+        view="observation",
+        split="all",
+        chunk_len=4,
+        history_len=2,
+        batch_size=5,
+        windows_per_episode=2,
+        shuffle_buffer=8,
+        camera_names=["front", "wrist"],
     )
     batch = next(iter(stream))
     assert batch["images"].shape == (5, 2, 3, 64, 64)
@@ -158,13 +166,22 @@ def test_v21_video_non_square_other_fps(tmp_path: Path) -> None:
     src = tmp_path / "v21"
     lengths = [12, 9]
     write_lerobot_v21(
-        src, lengths=lengths, fps=15,
+        src,
+        lengths=lengths,
+        fps=15,
         cameras={"observation.images.top": ("video", 48, 80), "observation.images.wrist": ("video", 32, 32)},
     )
     out = import_lerobot(src, tmp_path / "out", embodiment="so100_test")
     spec = yaml.safe_load((out / "embodiment.yaml").read_text())
     assert spec["control_rate_hz"] == 15.0
-    assert spec["state_names"] == ["joint0", "joint1", "joint2", "joint3", "joint4", "gripper"]  # {"motors": [...]}
+    assert spec["state_names"] == [
+        "joint0",
+        "joint1",
+        "joint2",
+        "joint3",
+        "joint4",
+        "gripper",
+    ]  # {"motors": [...]}
     assert spec["gripper_state_dims"] == [5] and spec["gripper_action_dims"] == [4]
     assert spec["cameras"] == ["top", "wrist"]
     episodes = episodes_of(out)
@@ -193,17 +210,24 @@ def test_v21_image_cameras_png_and_jpeg_crop(tmp_path: Path) -> None:
     src = tmp_path / "img"
     lengths = [5, 7, 4]
     write_lerobot_v21(
-        src, lengths=lengths, fps=30,
-        cameras={"observation.images.png_cam": ("png", 40, 40), "observation.images.jpg_cam": ("jpeg", 40, 60)},
+        src,
+        lengths=lengths,
+        fps=30,
+        cameras={
+            "observation.images.png_cam": ("png", 40, 40),
+            "observation.images.jpg_cam": ("jpeg", 40, 60),
+        },
     )
     out = import_lerobot(src, tmp_path / "out", resize="crop", image_size=40, episodes="1:3")
     manifest = load_manifest(out)
     assert manifest["import"]["image"]["resize"] == "crop" and manifest["import"]["episodes"] == [1, 2]
     episodes = episodes_of(out)
     assert [m["source_episode"] for _, _, m, _ in episodes] == [1, 2]
-    for (state, _, meta, sample), ep in zip(episodes, (1, 2), strict=True):
+    for (state, _, _, sample), ep in zip(episodes, (1, 2), strict=True):
         png = frames_of(sample, "png_cam", len(state))
-        np.testing.assert_array_equal(png, np.stack([frame(t, ep, 40, 40) for t in range(len(state))]))  # lossless
+        np.testing.assert_array_equal(
+            png, np.stack([frame(t, ep, 40, 40) for t in range(len(state))])
+        )  # lossless
         jpg = frames_of(sample, "jpg_cam", len(state))
         expected = np.stack([fit_image(frame(t, ep, 40, 60), 40, "crop") for t in range(len(state))])
         assert np.abs(jpg.astype(int) - expected).mean() < 3  # JPEG q95, then the centre 40x40 cut
@@ -224,8 +248,13 @@ def test_fit_image_pad_and_crop() -> None:
 def test_given_spec_and_camera_mapping(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
     data = {
-        "name": "my_franka", "state_names": [f"s{i}" for i in range(8)], "action_names": [f"a{i}" for i in range(7)],
-        "control_mode": "ee_delta", "control_rate_hz": 10, "gripper_action_dims": [6], "cameras": ["scene"],
+        "name": "my_franka",
+        "state_names": [f"s{i}" for i in range(8)],
+        "action_names": [f"a{i}" for i in range(7)],
+        "control_mode": "ee_delta",
+        "control_rate_hz": 10,
+        "gripper_action_dims": [6],
+        "cameras": ["scene"],
     }
     spec_file.write_text(yaml.safe_dump(data))
     out = import_lerobot(
@@ -240,13 +269,3 @@ def test_given_spec_and_camera_mapping(tmp_path: Path) -> None:
     wrong.write_text(yaml.safe_dump({**data, "state_names": ["s0"]}))
     with pytest.raises(lr.ImportFailure, match="state/action dims 1/7, the source has 8/7"):
         lr.plan(FIXTURE, spec_path=wrong, cameras="scene=observation.images.front")
-
-
-def test_copied_fixture_is_the_shared_one() -> None:
-    shared = Path("/work/shared/fixtures/lerobot/v3_single_arm_video")
-    if not shared.exists():
-        pytest.skip("no shared fixture folder on this machine")
-    for path in shared.rglob("*"):
-        if path.is_file():
-            assert (FIXTURE / path.relative_to(shared)).read_bytes() == path.read_bytes()
-    assert shutil.which  # keeps the import used when the folder is absent

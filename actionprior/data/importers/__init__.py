@@ -27,7 +27,8 @@ from actionprior.embodiments import EmbodimentError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="actionprior data import", description="Import a LeRobot dataset or a robomimic HDF5 file into shards."
+        prog="actionprior data import",
+        description="Import a LeRobot dataset or a robomimic HDF5 file into shards.",
     )
     sub = parser.add_subparsers(dest="format", required=True)
     from actionprior.data.importers import hdf5, lerobot
@@ -38,22 +39,36 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_, description=module.__doc__.splitlines()[0])
         module.add_arguments(p)
-        p.add_argument("--out", required=True, type=Path_, help="dataset directory to create (re-running resumes)")
-        p.add_argument("--embodiment", default=None, help="embodiment name (default: from the source metadata)")
+        p.add_argument(
+            "--out", required=True, type=Path_, help="dataset directory to create (re-running resumes)"
+        )
+        p.add_argument(
+            "--embodiment", default=None, help="embodiment name (default: from the source metadata)"
+        )
         p.add_argument("--spec", default=None, help="use this embodiment spec YAML instead of guessing one")
         p.add_argument("--control-mode", default=None, help="control_mode written into the guessed spec")
         p.add_argument("--gripper-state-dims", default=None, help="e.g. '7' or 'none' (default: from names)")
         p.add_argument("--gripper-action-dims", default=None, help="e.g. '6' or 'none' (default: from names)")
-        p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square frame size in pixels")
         p.add_argument(
-            "--resize", choices=RESIZE_MODES, default="pad",
+            "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square frame size in pixels"
+        )
+        p.add_argument(
+            "--resize",
+            choices=RESIZE_MODES,
+            default="pad",
             help="non-square cameras: pad (letterbox, keeps the whole view; default) or crop (centre)",
         )
         p.add_argument("--episodes", default=None, help="subset, e.g. 0:100,150 (end-exclusive ranges)")
         p.add_argument("--workers", type=int, default=2, help="parallel decoding processes (<=1: in-process)")
-        p.add_argument("--threads", type=int, default=None, help="decoder threads per worker (default: 1, or auto)")
-        p.add_argument("--shard-episodes", type=int, default=DEFAULT_SHARD_EPISODES, help="episodes per shard")
-        p.add_argument("--restart", action="store_true", help="discard an interrupted import instead of resuming")
+        p.add_argument(
+            "--threads", type=int, default=None, help="decoder threads per worker (default: 1, or auto)"
+        )
+        p.add_argument(
+            "--shard-episodes", type=int, default=DEFAULT_SHARD_EPISODES, help="episodes per shard"
+        )
+        p.add_argument(
+            "--restart", action="store_true", help="discard an interrupted import instead of resuming"
+        )
     return parser
 
 

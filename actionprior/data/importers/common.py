@@ -76,9 +76,13 @@ def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndar
 
 def image_record(size: int, mode: ResizeMode) -> dict[str, Any]:
     """How frames were made square; stored where inference can find it (see :func:`fit_image`)."""
-    return {"size": int(size), "resize": mode, "pad_value": 0, "interpolation": "bilinear", "function": (
-        "actionprior.data.importers.common.fit_image"
-    )}
+    return {
+        "size": int(size),
+        "resize": mode,
+        "pad_value": 0,
+        "interpolation": "bilinear",
+        "function": ("actionprior.data.importers.common.fit_image"),
+    }
 
 
 def short_name(key: str) -> str:
@@ -144,7 +148,9 @@ def make_episode(
         bad = ~np.isfinite(arr)
         if bad.any():
             t, d = np.argwhere(bad)[0]
-            raise ImportFailure(f"{where}: {label} has {int(bad.sum())} NaN/Inf values (first at t={t}, dim={d})")
+            raise ImportFailure(
+                f"{where}: {label} has {int(bad.sum())} NaN/Inf values (first at t={t}, dim={d})"
+            )
     for cam, f in frames.items():
         if len(f) != len(state):
             raise ImportFailure(f"{where}: camera '{cam}' has {len(f)} frames for {len(state)} steps")
@@ -171,7 +177,9 @@ class Unit:
     frames: int  # rows (timesteps) in these episodes, for the progress bar
 
 
-def plan_units(prefix: str, episodes: Sequence[int], lengths: Sequence[int], shard_episodes: int) -> list[Unit]:
+def plan_units(
+    prefix: str, episodes: Sequence[int], lengths: Sequence[int], shard_episodes: int
+) -> list[Unit]:
     if shard_episodes <= 0:
         raise ImportFailure(f"--shard-episodes must be positive, got {shard_episodes}")
     units = []
@@ -263,9 +271,9 @@ def run_import(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"import {out.name}", total=total_frames, completed=total_frames - sum(
-            u.frames for u in todo
-        ))
+        bar = progress.add_task(
+            f"import {out.name}", total=total_frames, completed=total_frames - sum(u.frames for u in todo)
+        )
 
         def write(unit: Unit, episodes: list[Episode]) -> None:
             writer.add_shard(unit.name, episodes, collection={"source_episodes": list(unit.episodes)})
@@ -290,7 +298,9 @@ def run_import(
         out.rmdir()  # empty (checked above)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, out)
-    return ImportReport(out, total_eps, total_frames, len(todo), len(units) - len(todo), time.perf_counter() - start)
+    return ImportReport(
+        out, total_eps, total_frames, len(todo), len(units) - len(todo), time.perf_counter() - start
+    )
 
 
 def spec_yaml(spec: EmbodimentSpec) -> str:

@@ -114,11 +114,17 @@ class Hdf5Source:
         action = self._read(group, "actions", where).astype(np.float32)
         parts = []
         for key in self.state_keys:
-            arr = self._read(group, "states", where) if key == "states" else self._read(group["obs"], key, where)
+            arr = (
+                self._read(group, "states", where)
+                if key == "states"
+                else self._read(group["obs"], key, where)
+            )
             parts.append(arr.reshape(len(arr), -1).astype(np.float32))
         lengths = {len(p) for p in parts}
         if len(lengths) > 1:
-            raise ImportFailure(f"{where}: state keys {list(self.state_keys)} have different lengths {sorted(lengths)}")
+            raise ImportFailure(
+                f"{where}: state keys {list(self.state_keys)} have different lengths {sorted(lengths)}"
+            )
         state = np.concatenate(parts, axis=1)
         frames, source_hw = {}, {}
         for short, key in self.cameras:
@@ -131,10 +137,14 @@ class Hdf5Source:
             if self.flip:
                 raw = raw[:, ::-1, ::-1]
             source_hw[short] = list(raw.shape[1:3])
-            frames[short] = np.stack([fit_image(np.ascontiguousarray(x), self.image_size, self.resize) for x in raw])  # type: ignore[arg-type]
+            frames[short] = np.stack(
+                [fit_image(np.ascontiguousarray(x), self.image_size, self.resize) for x in raw]
+            )  # type: ignore[arg-type]
         instruction = self.instruction or _instruction(f, demo, where)
         if not instruction:
-            raise ImportFailure(f"{where}: no language instruction in the file's attributes; pass --instruction")
+            raise ImportFailure(
+                f"{where}: no language instruction in the file's attributes; pass --instruction"
+            )
         return make_episode(
             key=f"{self.embodiment}_{index:06d}",
             where=where,
@@ -221,15 +231,28 @@ def plan(
         elif all(k in obs_keys for k in DEFAULT_STATE_KEYS):
             keys = DEFAULT_STATE_KEYS
         else:
-            raise ImportFailure(f"{path}: choose the state vector with --state-keys (obs keys: {obs_keys}, or 'states')")
+            raise ImportFailure(
+                f"{path}: choose the state vector with --state-keys (obs keys: {obs_keys}, or 'states')"
+            )
         dims, parts = [], []
         for key in keys:
-            ds = first.get("states") if key == "states" else (obs.get(key) if isinstance(obs, h5py.Group) else None)
+            ds = (
+                first.get("states")
+                if key == "states"
+                else (obs.get(key) if isinstance(obs, h5py.Group) else None)
+            )
             if not isinstance(ds, h5py.Dataset):
                 raise ImportFailure(f"{path}: {first.name}: obs key '{key}' missing (obs keys: {obs_keys})")
             dim = int(np.prod(ds.shape[1:]))
             dims.append(dim)
-            parts.append((key, KNOWN_NAMES.get(key) if len(KNOWN_NAMES.get(key, [])) == dim else [f"{key}_{i}" for i in range(dim)]))
+            parts.append(
+                (
+                    key,
+                    KNOWN_NAMES.get(key)
+                    if len(KNOWN_NAMES.get(key, [])) == dim
+                    else [f"{key}_{i}" for i in range(dim)],
+                )
+            )
         action_dim = int(np.prod(first["actions"].shape[1:]))
         if cameras:
             mapping = []
@@ -242,21 +265,37 @@ def plan(
             mapping = [(k.removesuffix("_image"), k) for k in obs_keys if k.endswith("_image")]
         for _, key in mapping:
             if key not in obs_keys:
-                raise ImportFailure(f"{path}: {first.name}: camera obs '{key}' missing (obs keys: {obs_keys})")
+                raise ImportFailure(
+                    f"{path}: {first.name}: camera obs '{key}' missing (obs keys: {obs_keys})"
+                )
         rate = fps or (env_args.get("env_kwargs") or {}).get("control_freq")
         if not isinstance(rate, (int, float)) or rate <= 0:
             raise ImportFailure(f"{path}: no control_freq in env_args; pass --fps")
         controller = json.dumps(env_args.get("env_kwargs", {}).get("controller_configs", {}))
         osc = "OSC_POSE" in controller
-        action_names = OSC_ACTION_NAMES if osc and action_dim == 7 else [f"action_{i}" for i in range(action_dim)]
+        action_names = (
+            OSC_ACTION_NAMES if osc and action_dim == 7 else [f"action_{i}" for i in range(action_dim)]
+        )
         if osc and action_dim == 7 and gripper_action_dims is None:
             gripper_action_dims = "6"
         env_name = str(env_args.get("env_name") or "")
+        if instruction is None:
+            for i in selected:
+                if not _instruction(f, demos[i], f"{path}: {demos[i]}"):
+                    raise ImportFailure(
+                        f"{path}: {demos[i]}: no language instruction in the file's attributes; pass --instruction"
+                    )
     name = embodiment or slug(f"hdf5_{env_name or path.stem}")
     image = image_record(image_size, resize)  # type: ignore[arg-type]
     shorts = [s for s, _ in mapping]
-    sim = {"source": "robomimic_hdf5", "image": image, "image_flipped": flip_images,
-           "camera_obs": dict(mapping), "state_keys": list(keys), "env_args": env_args}
+    sim = {
+        "source": "robomimic_hdf5",
+        "image": image,
+        "image_flipped": flip_images,
+        "camera_obs": dict(mapping),
+        "state_keys": list(keys),
+        "env_args": env_args,
+    }
     if spec_path is not None:
         spec = given_spec(spec_path, sum(dims), action_dim, shorts, sim)
     else:
@@ -306,11 +345,14 @@ def plan(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="robomimic-layout .hdf5 file")
     p.add_argument(
-        "--state-keys", default=None,
+        "--state-keys",
+        default=None,
         help=f"obs keys concatenated into the state ('states' = simulator state); default {','.join(DEFAULT_STATE_KEYS)}",
     )
     p.add_argument("--cameras", default=None, help="short=obs_key,... (default: every *_image obs key)")
-    p.add_argument("--instruction", default=None, help="instruction of every episode (default: from attributes)")
+    p.add_argument(
+        "--instruction", default=None, help="instruction of every episode (default: from attributes)"
+    )
     p.add_argument("--fps", type=float, default=None, help="control rate (default: env_args control_freq)")
     p.add_argument("--flip-images", action="store_true", help="rotate frames 180 degrees (LIBERO)")
     p.add_argument("--filter", dest="filter_key", default=None, help="import only the demos of mask/<FILTER>")

@@ -86,7 +86,14 @@ class LeRobotSource:
         except (OSError, pa.ArrowException) as exc:
             raise ImportFailure(f"{where}: unreadable parquet ({exc})") from None
         image_keys = [k for _, k in self.cameras if self.camera_dtypes[k] == "image"]
-        columns = [*self.state_keys, *self.action_keys, "timestamp", "frame_index", "episode_index", *image_keys]
+        columns = [
+            *self.state_keys,
+            *self.action_keys,
+            "timestamp",
+            "frame_index",
+            "episode_index",
+            *image_keys,
+        ]
         missing = [c for c in columns if c not in schema.names]
         if missing:
             raise ImportFailure(f"{where}: column '{missing[0]}' missing (columns: {schema.names})")
@@ -115,7 +122,9 @@ class LeRobotSource:
     def _episode(self, ref: EpisodeRef, table: pa.Table, readers: dict[str, VideoReader]) -> Episode:
         where = f"{ref.data_file}: episode {ref.index}"
         if table.num_rows != ref.length:
-            raise ImportFailure(f"{where}: {table.num_rows} rows in the data, the episode metadata says {ref.length}")
+            raise ImportFailure(
+                f"{where}: {table.num_rows} rows in the data, the episode metadata says {ref.length}"
+            )
         frame_index = table["frame_index"].to_numpy()
         order = np.argsort(frame_index, kind="stable")
         if not np.array_equal(frame_index[order], np.arange(len(order))):
@@ -132,8 +141,10 @@ class LeRobotSource:
         source_hw: dict[str, list[int]] = {}
         for short, key in self.cameras:
             if self.camera_dtypes[key] == "image":
-                decoded = [decode_image(b, f"{where} '{key}' row {t}") for t, b in
-                           enumerate(image_bytes(table[key], where, key))]
+                decoded = [
+                    decode_image(b, f"{where} '{key}' row {t}")
+                    for t, b in enumerate(image_bytes(table[key], where, key))
+                ]
                 source_hw[short] = list(decoded[0].shape[:2])
                 frames[short] = np.stack([convert(f) for f in decoded])
             else:
@@ -180,7 +191,9 @@ class LeRobotSource:
         for key, dim in zip(keys, dims, strict=True):
             arr = column_array(table[key], where, key)
             if arr.shape[1] != dim:
-                raise ImportFailure(f"{where}: '{key}' has {arr.shape[1]} values per row, info.json says {dim}")
+                raise ImportFailure(
+                    f"{where}: '{key}' has {arr.shape[1]} values per row, info.json says {dim}"
+                )
             parts.append(arr)
         return np.concatenate(parts, axis=1)
 
@@ -216,7 +229,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _feature_dim(features: dict[str, Any], key: str, info_path: Path, flag: str) -> int:
     if key not in features:
-        raise ImportFailure(f"{info_path}: feature '{key}' not found (features: {sorted(features)}); choose {flag}")
+        raise ImportFailure(
+            f"{info_path}: feature '{key}' not found (features: {sorted(features)}); choose {flag}"
+        )
     shape = features[key].get("shape") or [1]
     try:
         return int(np.prod([int(s) for s in shape]))
@@ -229,7 +244,11 @@ def _v3_episodes(root: Path, info: dict[str, Any], video_keys: list[str]) -> dic
     if not files:
         raise ImportFailure(f"{root / 'meta' / 'episodes'}: no chunk-*/file-*.parquet episode metadata")
     base = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index"]
-    per_video = [f"videos/{k}/{c}" for k in video_keys for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+    per_video = [
+        f"videos/{k}/{c}"
+        for k in video_keys
+        for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+    ]
     episodes: dict[int, EpisodeRef] = {}
     for path in files:
         try:
@@ -244,17 +263,26 @@ def _v3_episodes(root: Path, info: dict[str, Any], video_keys: list[str]) -> dic
             idx = int(row["episode_index"])
             where = f"{path}: episode {idx}"
             data = format_path(
-                root, info.get("data_path"), where,
-                chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"]),
+                root,
+                info.get("data_path"),
+                where,
+                chunk_index=int(row["data/chunk_index"]),
+                file_index=int(row["data/file_index"]),
             )
             videos = {}
             for key in video_keys:
                 video = format_path(
-                    root, info.get("video_path"), where, video_key=key,
-                    chunk_index=int(row[f"videos/{key}/chunk_index"]), file_index=int(row[f"videos/{key}/file_index"]),
+                    root,
+                    info.get("video_path"),
+                    where,
+                    video_key=key,
+                    chunk_index=int(row[f"videos/{key}/chunk_index"]),
+                    file_index=int(row[f"videos/{key}/file_index"]),
                 )
                 videos[key] = (
-                    str(video), float(row[f"videos/{key}/from_timestamp"]), float(row[f"videos/{key}/to_timestamp"])
+                    str(video),
+                    float(row[f"videos/{key}/from_timestamp"]),
+                    float(row[f"videos/{key}/to_timestamp"]),
                 )
             if idx in episodes:
                 raise ImportFailure(f"{where}: episode listed twice in the episode metadata")
@@ -279,8 +307,20 @@ def _v2_episodes(root: Path, info: dict[str, Any], video_keys: list[str]) -> dic
         chunk = idx // chunks_size
         data = format_path(root, info.get("data_path"), where, episode_chunk=chunk, episode_index=idx)
         videos = {
-            key: (str(format_path(root, info.get("video_path"), where, episode_chunk=chunk, video_key=key,
-                                  episode_index=idx)), 0.0, None)
+            key: (
+                str(
+                    format_path(
+                        root,
+                        info.get("video_path"),
+                        where,
+                        episode_chunk=chunk,
+                        video_key=key,
+                        episode_index=idx,
+                    )
+                ),
+                0.0,
+                None,
+            )
             for key in video_keys
         }
         if idx in episodes:
@@ -359,7 +399,9 @@ def plan(
     check_contiguous(list(refs), meta_where)
     total = info.get("total_episodes")
     if isinstance(total, int) and total != len(refs):
-        raise ImportFailure(f"{info_path}: total_episodes is {total} but the episode metadata lists {len(refs)}")
+        raise ImportFailure(
+            f"{info_path}: total_episodes is {total} but the episode metadata lists {len(refs)}"
+        )
     selected = parse_episode_selection(episodes, sorted(refs), meta_where)
 
     name = embodiment or slug(str(info.get("robot_type") or "")) or slug(f"lerobot_{root.name}")
@@ -372,15 +414,23 @@ def plan(
         "action_keys": list(action_keys),
     }
     state_names = concat_names(
-        [(k, feature_names(k, features[k].get("names"), d)) for k, d in zip(state_keys, state_dims, strict=True)]
+        [
+            (k, feature_names(k, features[k].get("names"), d))
+            for k, d in zip(state_keys, state_dims, strict=True)
+        ]
     )
     action_names = concat_names(
-        [(k, feature_names(k, features[k].get("names"), d)) for k, d in zip(action_keys, action_dims, strict=True)]
+        [
+            (k, feature_names(k, features[k].get("names"), d))
+            for k, d in zip(action_keys, action_dims, strict=True)
+        ]
     )
     if spec_path is not None:
         spec = given_spec(spec_path, sum(state_dims), sum(action_dims), shorts, sim)
         if embodiment and embodiment != spec.name:
-            raise ImportFailure(f"{spec_path}: spec is named '{spec.name}' but --embodiment says '{embodiment}'")
+            raise ImportFailure(
+                f"{spec_path}: spec is named '{spec.name}' but --embodiment says '{embodiment}'"
+            )
     else:
         spec = build_spec(
             name=name,
@@ -427,15 +477,20 @@ def plan(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="local LeRobot dataset folder (holds meta/info.json)")
-    p.add_argument("--state-key", default="observation.state", help="feature(s) for the state vector, comma-joined")
+    p.add_argument(
+        "--state-key", default="observation.state", help="feature(s) for the state vector, comma-joined"
+    )
     p.add_argument("--action-key", default="action", help="feature(s) for the action vector, comma-joined")
     p.add_argument(
-        "--cameras", default=None,
+        "--cameras",
+        default=None,
         help="short=feature_key,... (default: every video/image feature, named by its last dotted part)",
     )
 
 
-def run_from_args(args: argparse.Namespace) -> tuple[LeRobotSource, list[Unit], EmbodimentSpec, dict[str, Any]]:
+def run_from_args(
+    args: argparse.Namespace,
+) -> tuple[LeRobotSource, list[Unit], EmbodimentSpec, dict[str, Any]]:
     return plan(
         args.src,
         state_key=args.state_key,

@@ -44,7 +44,9 @@ def image_bytes(col: pa.ChunkedArray, where: str, key: str) -> list[bytes]:
             raise ImportFailure(f"{where}: image column '{key}' has no 'bytes' field ({arr.type})")
         arr = arr.field("bytes")
     if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
-        raise ImportFailure(f"{where}: image column '{key}' has type {arr.type}, expected encoded image bytes")
+        raise ImportFailure(
+            f"{where}: image column '{key}' has type {arr.type}, expected encoded image bytes"
+        )
     if arr.null_count:
         raise ImportFailure(
             f"{where}: image column '{key}' has {arr.null_count} rows without embedded bytes "
