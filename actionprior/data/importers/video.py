@@ -2,18 +2,21 @@
 
 A :class:`VideoReader` keeps one container open and, for each request, seeks to the key frame at or before
 the first wanted timestamp and decodes forward only as far as the last one (LeRobot v3.0 packs many
-episodes into one file; an episode is located by its ``from_timestamp``). Each wanted timestamp gets the
+episodes into one file; an episode is located by its ``from_timestamp``). When the decoder already stands
+just before the requested stretch (the next episode of the same file) it goes on decoding instead of
+seeking back to a key frame and decoding again what it has just thrown away. Each wanted timestamp gets the
 decoded frame whose presentation time is nearest, and it must be closer than half a frame period: a
 missing, dropped or truncated stretch of video is an error, never a silently repeated frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from actionprior.data.importers.common import MAX_FRAME_PIXELS, ImportFailure
 
@@ -39,6 +42,24 @@ class VideoReader:
             raise ImportFailure(f"{self.path}: {where}: {ctx.width}x{ctx.height} frames are too large")
         ctx.thread_count = threads  # 0: FFmpeg picks; 1 per process when several workers share the cores
         ctx.thread_type = "AUTO"
+        # One reformatter for all frames: VideoFrame.to_ndarray(format=...) sets up a new swscale context per
+        # frame, 4x the cost of decoding a small frame.
+        self._rgb = VideoReformatter()
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._pending: tuple[float, av.VideoFrame] | None = None  # decoded, not yet handed out
+
+    # Continue decoding rather than seek when the wanted stretch starts at most this far ahead.
+    MAX_SKIP_S = 2.0
+
+    def _next(self) -> tuple[float, av.VideoFrame] | None:
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return item
+        assert self._frames is not None
+        for frame in self._frames:
+            if frame.pts is not None:
+                return float(frame.pts * self.stream.time_base), frame
+        return None
 
     def frames_at(
         self, timestamps: np.ndarray, convert: Callable[[np.ndarray], np.ndarray], where: str
@@ -49,18 +70,21 @@ class VideoReader:
         times: list[float] = []
         frames: list[np.ndarray] = []
         try:
-            base = self.stream.time_base
-            self.container.seek(max(0, int((first - self.tol) / base)), stream=self.stream, backward=True)
-            for frame in self.container.decode(self.stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * base)
+            ahead = self._pending[0] if self._pending is not None else None
+            if ahead is None or not (ahead <= first + self.tol and first - ahead < self.MAX_SKIP_S):
+                base = self.stream.time_base
+                self.container.seek(max(0, int((first - self.tol) / base)), stream=self.stream, backward=True)
+                self._frames = self.container.decode(self.stream)
+                self._pending = None
+            while (item := self._next()) is not None:
+                t, frame = item
                 if t < first - self.tol:
                     continue
                 if t > last + self.tol:
+                    self._pending = item  # the first frame of what comes next
                     break
                 times.append(t)
-                frames.append(convert(frame.to_ndarray(format="rgb24")))
+                frames.append(convert(self._rgb.reformat(frame, format="rgb24").to_ndarray()))
         except av.FFmpegError as exc:
             raise ImportFailure(f"{self.path}: {where}: corrupt video ({_short(exc)})") from None
         if not times:
