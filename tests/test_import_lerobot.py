@@ -197,11 +197,20 @@ def test_v21_video_non_square_other_fps(tmp_path: Path) -> None:
         assert (top[:, :13] == 0).all() and (top[:, 51:] == 0).all() and top[:, 13:51].min() > 0
         for t, img in enumerate(top):
             want = expected_centre(t, ep, 48, 80, scale=0.8, top=13)
-            assert np.abs(np.subtract(square_centre(img), want)).max() < 1, (ep, t)
+            # the neighbouring frames are 1.6 rows and 2.4 columns away
+            assert np.abs(np.subtract(square_centre(img), want)).max() < 1.2, (ep, t)
         wrist = frames_of(sample, "wrist", len(state))
         for t, img in enumerate(wrist):  # 32 -> 64: scaled by 2
             want = expected_centre(t, ep, 32, 32, scale=2.0)
-            assert np.abs(np.subtract(square_centre(img), want)).max() < 1, (ep, t)
+            assert np.abs(np.subtract(square_centre(img), want)).max() < 1.5, (ep, t)
+    # inference applies fit_image to full-size RGB frames: it must give what the import stored
+    import av
+
+    with av.open(str(src / "videos/chunk-000/observation.images.top/episode_000000.mp4")) as video:
+        full = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+    stored = frames_of(episodes[0][3], "top", lengths[0]).astype(int)
+    at_inference = np.stack([fit_image(f, 64, "pad") for f in full]).astype(int)
+    assert np.abs(stored - at_inference).mean() < 1.0
     assert check_dataset(out) == []
 
 

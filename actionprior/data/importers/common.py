@@ -49,24 +49,21 @@ class ImportFailure(DataError):
     """Bad source data; the message is one line naming the file (and episode) and what is wrong."""
 
 
-def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
-    """A uint8 ``[H, W, 3]`` frame made square ``[size, size, 3]``, keeping the aspect ratio.
+# swscale's area-averaging filter: the right one for the large downscales of camera frames to model input.
+INTERPOLATION = "AREA"
 
-    ``pad`` (the default, letterbox) scales the longer side to ``size`` and centres the image on black
-    bars, so the whole field of view is kept; ``crop`` scales the shorter side to ``size`` and cuts the
-    centre. Inference must apply the same function to live camera frames: the choice is recorded in the
-    manifest (``import.image``), in the embodiment spec (``sim.image``) and in every episode's meta.
-    """
-    h, w = frame.shape[:2]
-    if h == size and w == size:
-        return frame
-    from PIL import Image
 
+def fitted_size(h: int, w: int, size: int, mode: ResizeMode = "pad") -> tuple[int, int]:
+    """``(height, width)`` an ``h x w`` frame is scaled to before :func:`place` pads or crops it to ``size``."""
     scale = size / max(h, w) if mode == "pad" else size / min(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    # reducing_gap: large downscales first shrink by an integer factor (box filter), 1.5x faster than
-    # plain bilinear at 256 -> 64 and indistinguishable from it.
-    resized = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR, reducing_gap=2.0))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def place(resized: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
+    """A frame already scaled to :func:`fitted_size`, letterboxed (pad) or centre-cut (crop) to ``size``."""
+    nh, nw = resized.shape[:2]
+    if nh == size and nw == size:
+        return resized
     if mode == "crop":
         top, left = (nh - size) // 2, (nw - size) // 2
         return np.ascontiguousarray(resized[top : top + size, left : left + size])
@@ -76,14 +73,35 @@ def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndar
     return out
 
 
+def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
+    """A uint8 RGB ``[H, W, 3]`` frame made square ``[size, size, 3]``, keeping the aspect ratio.
+
+    ``pad`` (the default, letterbox) scales the longer side to ``size`` and centres the image on black
+    bars, so the whole field of view is kept; ``crop`` scales the shorter side to ``size`` and cuts the
+    centre. Scaling is FFmpeg's swscale (area filter) through PyAV, the same code that scales video frames
+    while converting them to RGB during import (:mod:`.video`). Inference must apply this function to live
+    camera frames: the choice is recorded in the manifest (``import.image``), in the embodiment spec
+    (``sim.image``) and in every episode's meta (``image_resize``, ``image_size``).
+    """
+    h, w = frame.shape[:2]
+    if h == size and w == size:
+        return frame
+    import av
+
+    nh, nw = fitted_size(h, w, size, mode)
+    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    resized = src.reformat(width=nw, height=nh, interpolation=INTERPOLATION).to_ndarray()
+    return place(resized, size, mode)
+
+
 def image_record(size: int, mode: ResizeMode) -> dict[str, Any]:
     """How frames were made square; stored where inference can find it (see :func:`fit_image`)."""
     return {
         "size": int(size),
         "resize": mode,
         "pad_value": 0,
-        "interpolation": "bilinear",
-        "function": ("actionprior.data.importers.common.fit_image"),
+        "interpolation": f"swscale {INTERPOLATION.lower()}",
+        "function": "actionprior.data.importers.common.fit_image",
     }
 
 

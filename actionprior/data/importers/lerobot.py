@@ -157,10 +157,11 @@ class LeRobotSource:
                 if path not in readers:
                     readers[path] = VideoReader(path, self.fps, where, threads=self.threads)
                 reader = readers[path]
-                ctx = reader.stream.codec_context
-                source_hw[short] = [ctx.height, ctx.width]
+                source_hw[short] = list(reader.height_width)
                 frames[short] = np.stack(
-                    reader.frames_at(timestamps + offset, convert, f"episode {ref.index} '{key}'")
+                    reader.frames_at(
+                        timestamps + offset, self.image_size, self.resize, f"episode {ref.index} '{key}'"
+                    )
                 )
         instruction = ref.tasks[0] if ref.tasks else ""
         if not instruction:

@@ -11,14 +11,21 @@ missing, dropped or truncated stretch of video is an error, never a silently rep
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from actionprior.data.importers.common import MAX_FRAME_PIXELS, ImportFailure
+from actionprior.data.importers.common import (
+    INTERPOLATION,
+    MAX_FRAME_PIXELS,
+    ImportFailure,
+    ResizeMode,
+    fitted_size,
+    place,
+)
 
 
 class VideoReader:
@@ -61,10 +68,15 @@ class VideoReader:
                 return float(frame.pts * self.stream.time_base), frame
         return None
 
-    def frames_at(
-        self, timestamps: np.ndarray, convert: Callable[[np.ndarray], np.ndarray], where: str
-    ) -> list[np.ndarray]:
-        """``convert(rgb_frame)`` of the frame nearest each timestamp (seconds in the file's time line)."""
+    @property
+    def height_width(self) -> tuple[int, int]:
+        ctx = self.stream.codec_context
+        return ctx.height, ctx.width
+
+    def frames_at(self, timestamps: np.ndarray, size: int, mode: ResizeMode, where: str) -> list[np.ndarray]:
+        """The frame nearest each timestamp (seconds in the file's time line), made square like
+        :func:`~actionprior.data.importers.common.fit_image` does: swscale scales while it converts to RGB."""
+        nh, nw = fitted_size(*self.height_width, size, mode)
         timestamps = np.asarray(timestamps, dtype=np.float64)
         first, last = float(timestamps.min()), float(timestamps.max())
         times: list[float] = []
@@ -84,7 +96,10 @@ class VideoReader:
                     self._pending = item  # the first frame of what comes next
                     break
                 times.append(t)
-                frames.append(convert(self._rgb.reformat(frame, format="rgb24").to_ndarray()))
+                rgb = self._rgb.reformat(
+                    frame, width=nw, height=nh, format="rgb24", interpolation=INTERPOLATION
+                ).to_ndarray()
+                frames.append(place(rgb, size, mode))
         except av.FFmpegError as exc:
             raise ImportFailure(f"{self.path}: {where}: corrupt video ({_short(exc)})") from None
         if not times:
