@@ -147,10 +147,12 @@ def time_decode(src: Path) -> tuple[float, int]:
         return time.perf_counter() - t0, count
 
 
-def time_import(src: Path, out: Path, workers: int) -> float:
+def time_import(src: Path, out: Path, workers: int, shard_episodes: int = 10) -> float:
     import actionprior.data.writer  # noqa: F401  (the CLI pays this once: torch via webdataset, ~1.5 s)
 
-    source, units, spec, record = lerobot.plan(src, threads=0 if workers <= 1 else 1)
+    source, units, spec, record = lerobot.plan(
+        src, threads=0 if workers <= 1 else 1, shard_episodes=shard_episodes
+    )
     t0 = time.perf_counter()
     run_import(source, units, out, spec, record, workers=workers, console=Console(quiet=True))
     return time.perf_counter() - t0
@@ -187,7 +189,9 @@ def main() -> None:
             two = time_import(big, Path(tmp) / f"out{size}_2", 2)
             # Fixed costs (spawning workers that import torch through webdataset, statistics, renaming)
             # measured on a one-copy import and taken out: the rate a long import runs at.
-            two_small = time_import(small, Path(tmp) / f"out{size}_small", 2)
+            two_small = time_import(
+                small, Path(tmp) / f"out{size}_small", 2, shard_episodes=1
+            )  # 3 units: a pool
             steady = 2 * (rows - small_rows) / (two - two_small)
             table.add_row(
                 label,
