@@ -11,6 +11,7 @@ import pytest
 import yaml
 from fixtures.import_layouts import expected_centre, frame, square_centre, state_action, write_lerobot_v21
 
+from actionprior.cli import main as actionprior_main
 from actionprior.data.check import check_dataset
 from actionprior.data.importers import cli_main
 from actionprior.data.importers import lerobot as lr
@@ -130,8 +131,10 @@ def test_v3_spec_manifest_check_and_streaming(v3_import: Path) -> None:
 def test_cli_import_is_resumable_and_deterministic(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
     argv = ["lerobot", str(FIXTURE), "--out", str(out), "--shard-episodes", "1", "--workers", "2"]
-    assert cli_main(argv) == 0
+    assert actionprior_main(["data", "import", *argv]) == 0  # through the `actionprior` command's table
     assert "imported 3 episodes, 90 steps" in capsys.readouterr().out
+    assert actionprior_main(["data", "check", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
     assert len(load_manifest(out)["shards"]) == 3
     assert cli_main(argv) == 0  # the same command again: nothing to do
     assert "already imported" in capsys.readouterr().out
@@ -148,6 +151,9 @@ def test_cli_import_is_resumable_and_deterministic(tmp_path: Path, capsys) -> No
     assert not out2.exists()  # nothing that looks like a dataset
     partial = tmp_path / ("resumed" + PARTIAL_SUFFIX)
     assert len(load_manifest(partial)["shards"]) == 1
+    with pytest.raises(lr.ImportFailure, match="interrupted import with other settings"):
+        other = lr.plan(FIXTURE, shard_episodes=1, image_size=32)
+        run_import(*other[:2], out2, *other[2:], workers=1)
     report = run_import(source, units, out2, spec, record, workers=1)
     assert (report.units_run, report.units_skipped) == (2, 1)
     assert check_dataset(out2) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=module.__doc__.splitlines()[0])
         module.add_arguments(p)
         p.add_argument(
-            "--out", required=True, type=Path_, help="dataset directory to create (re-running resumes)"
+            "--out", required=True, type=Path, help="dataset directory to create (re-running resumes)"
         )
         p.add_argument(
             "--embodiment", default=None, help="embodiment name (default: from the source metadata)"
@@ -72,12 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def Path_(text: str):  # noqa: N802 - argparse type
-    from pathlib import Path
-
-    return Path(text)
-
-
 def cli_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     console = Console() if sys.stdout.isatty() else Console(width=120)
@@ -86,8 +81,6 @@ def cli_main(argv: Sequence[str]) -> int:
     module = lerobot if args.format == "lerobot" else hdf5
     if args.control_mode is None and args.format == "lerobot":
         args.control_mode = "unspecified"
-    if not hasattr(args, "threads") or args.threads is None:
-        args.threads = None
     try:
         if args.restart:
             remove_partial(args.out)
@@ -110,4 +103,4 @@ def cli_main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["cli_main", "build_parser", "argparse"]
+__all__ = ["build_parser", "cli_main"]
