@@ -31,6 +31,8 @@ def samples(out: Path) -> list[dict]:
 
 
 def test_robomimic_file_with_mask_filter(tmp_path: Path, capsys) -> None:
+    """Layout source: robomimic's dataset docs ("Dataset Structure": data/demo_<i>/actions, states, obs/<key>,
+    the env_args attribute, mask/<filter>); 84x84 images as in robomimic's image datasets."""
     src = tmp_path / "lift.hdf5"
     lengths = [6, 8, 5, 7]
     write_robomimic_hdf5(src, lengths=lengths, masks={"train": [0, 2, 3], "valid": [1]})
@@ -72,6 +74,8 @@ def test_robomimic_file_with_mask_filter(tmp_path: Path, capsys) -> None:
 
 
 def test_libero_flipped_frames_instruction_from_attributes(tmp_path: Path) -> None:
+    """Layout source: LIBERO's HDF5 files (robomimic layout, ``problem_info`` JSON attribute holding
+    ``language_instruction``, frames rendered upside down)."""
     src = tmp_path / "libero.hdf5"
     write_robomimic_hdf5(
         src, lengths=[5, 4], image_hw=(64, 96), flipped=True, instruction="put the bowl on the plate"

@@ -168,7 +168,10 @@ def test_cli_import_is_resumable_and_deterministic(tmp_path: Path, capsys) -> No
 
 
 def test_v21_video_non_square_other_fps(tmp_path: Path) -> None:
-    """LeRobot v2.1 (one parquet and one H.264 mp4 per episode), 15 fps, a 48x80 camera letterboxed to 64."""
+    """LeRobot v2.1 (one parquet and one H.264 mp4 per episode), 15 fps, a 48x80 camera letterboxed to 64.
+
+    Layout source: LeRobot's v2.1 format (lerobot 0.3.x ``LeRobotDataset``: ``meta/info.json`` data_path and
+    video_path templates, ``meta/episodes.jsonl``, ``meta/tasks.jsonl``), see write_lerobot_v21."""
     src = tmp_path / "v21"
     lengths = [12, 9]
     write_lerobot_v21(
@@ -221,7 +224,10 @@ def test_v21_video_non_square_other_fps(tmp_path: Path) -> None:
 
 
 def test_v21_image_cameras_png_and_jpeg_crop(tmp_path: Path) -> None:
-    """Cameras stored as PNG / JPEG bytes inside the parquet (dtype image); --resize crop."""
+    """Cameras stored as PNG / JPEG bytes inside the parquet (dtype image); --resize crop.
+
+    Layout source: LeRobot v2.1 image features, stored as Hugging Face ``datasets.Image`` structs
+    ``{bytes, path}`` in the episode parquet."""
     src = tmp_path / "img"
     lengths = [5, 7, 4]
     write_lerobot_v21(
