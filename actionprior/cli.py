@@ -20,6 +20,11 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
         "cli_main",
         "collect scripted-expert demonstrations into shards",
     ),
+    ("data", "import"): (
+        "actionprior.data.importers",
+        "cli_main",
+        "import a LeRobot dataset (lerobot) or a robomimic HDF5 file (hdf5)",
+    ),
     ("data", "check"): (
         "actionprior.data.check",
         "cli_main",

@@ -28,7 +28,7 @@ from actionprior.data.schema import (
 )
 from actionprior.data.stats import compute_stats, stats_fingerprint
 from actionprior.data.tario import iter_tar_samples
-from actionprior.embodiments import EmbodimentRegistry
+from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -84,42 +84,61 @@ class DatasetWriter:
         if self.has_shard(name):
             raise DataError(f"shard '{name}' already exists in {self.dir}")
         for ep in episodes:
-            spec = self.registry[ep.embodiment]
-            if ep.state.shape[1] != spec.state_dim or ep.action.shape[1] != spec.action_dim:
-                raise DataError(
-                    f"episode {ep.key}: state/action dims {ep.state.shape[1]}/{ep.action.shape[1]} "
-                    f"do not match embodiment '{spec.name}' ({spec.state_dim}/{spec.action_dim})"
-                )
+            check_episode_dims(ep, self.registry[ep.embodiment])
+        self.record_shard(write_shard_files(self.dir, name, episodes), collection)
+
+    def record_shard(self, entry: dict[str, Any], collection: dict[str, Any] | None = None) -> None:
+        """List a shard pair already written by :func:`write_shard_files` (possibly in another process)."""
+        if self.has_shard(entry["name"]):
+            raise DataError(f"shard '{entry['name']}' already exists in {self.dir}")
+        for ep in entry["episodes"]:
+            spec = self.registry[ep["embodiment"]]
             self.manifest["embodiments"][spec.name] = spec.to_dict()
-        traj_file, obs_file = f"{TRAJ_PREFIX}{name}.tar", f"{OBS_PREFIX}{name}.tar"
-        tmp_traj, tmp_obs = self.dir / (traj_file + ".tmp"), self.dir / (obs_file + ".tmp")
-        with wds.TarWriter(str(tmp_traj)) as traj_sink, wds.TarWriter(str(tmp_obs)) as obs_sink:
-            for ep in episodes:
-                traj, obs = episode_to_samples(ep)
-                traj_sink.write(traj)
-                obs_sink.write(obs)
-        os.replace(tmp_traj, self.dir / traj_file)
-        os.replace(tmp_obs, self.dir / obs_file)
-        self.manifest["shards"].append(
-            {
-                "name": name,
-                "traj": traj_file,
-                "obs": obs_file,
-                "episodes": [
-                    {"key": ep.key, "embodiment": ep.embodiment, "task": ep.task, "length": len(ep)}
-                    for ep in episodes
-                ],
-                "num_episodes": len(episodes),
-                "num_transitions": sum(len(ep) for ep in episodes),
-            }
-        )
+        self.manifest["shards"].append(entry)
         if collection:
-            self.manifest["collection"][name] = collection
+            self.manifest["collection"][entry["name"]] = collection
         _atomic_write_json(self.dir / MANIFEST_FILE, self.manifest)
 
     def finalize(self) -> dict[str, Any]:
         """Recompute dataset totals and ``stats.json`` from the trajectory shards on disk."""
         return write_stats(self.dir, self.manifest)
+
+
+def check_episode_dims(ep: Episode, spec: EmbodimentSpec) -> None:
+    if ep.state.shape[1] != spec.state_dim or ep.action.shape[1] != spec.action_dim:
+        raise DataError(
+            f"episode {ep.key}: state/action dims {ep.state.shape[1]}/{ep.action.shape[1]} "
+            f"do not match embodiment '{spec.name}' ({spec.state_dim}/{spec.action_dim})"
+        )
+
+
+def write_shard_files(directory: str | Path, name: str, episodes: Sequence[Episode]) -> dict[str, Any]:
+    """Write the ``traj-``/``obs-`` tar pair of one shard atomically; returns its manifest entry.
+
+    Separate from :class:`DatasetWriter` so that worker processes can encode and write shards in parallel
+    while one process alone owns the manifest (``DatasetWriter.record_shard``).
+    """
+    directory = Path(directory)
+    traj_file, obs_file = f"{TRAJ_PREFIX}{name}.tar", f"{OBS_PREFIX}{name}.tar"
+    tmp_traj, tmp_obs = directory / (traj_file + ".tmp"), directory / (obs_file + ".tmp")
+    with wds.TarWriter(str(tmp_traj)) as traj_sink, wds.TarWriter(str(tmp_obs)) as obs_sink:
+        for ep in episodes:
+            traj, obs = episode_to_samples(ep)
+            traj_sink.write(traj)
+            obs_sink.write(obs)
+    os.replace(tmp_traj, directory / traj_file)
+    os.replace(tmp_obs, directory / obs_file)
+    return {
+        "name": name,
+        "traj": traj_file,
+        "obs": obs_file,
+        "episodes": [
+            {"key": ep.key, "embodiment": ep.embodiment, "task": ep.task, "length": len(ep)}
+            for ep in episodes
+        ],
+        "num_episodes": len(episodes),
+        "num_transitions": sum(len(ep) for ep in episodes),
+    }
 
 
 def iter_trajectories(directory: Path, manifest: dict[str, Any]) -> Iterable[tuple[str, Any, Any]]:

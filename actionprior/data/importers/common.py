@@ -1,0 +1,357 @@
+"""What every importer shares: image fitting, episode validation and the parallel, resumable write loop.
+
+An import writes into ``OUT.partial/`` with the project's :class:`~actionprior.data.writer.DatasetWriter`
+(one shard per unit of consecutive source episodes) and renames it to ``OUT`` only after the statistics
+and the embodiment spec are written, so an interrupted or failed import never leaves something that
+looks like a valid dataset at ``OUT``. Re-running the same command resumes: the shards the partial
+manifest already lists are skipped. Units run in worker processes; the parent alone writes, in unit
+order, so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from actionprior.data.schema import MANIFEST_FILE, DataError, Episode
+from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
+
+ResizeMode = Literal["pad", "crop"]
+RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_SHARD_EPISODES = 10
+PARTIAL_SUFFIX = ".partial"
+SPEC_FILE = "embodiment.yaml"
+# Bounded readers: refuse frames larger than this many pixels (a 4K frame is 8.3 M).
+MAX_FRAME_PIXELS = 16_000_000
+
+
+class ImportFailure(DataError):
+    """Bad source data; the message is one line naming the file (and episode) and what is wrong."""
+
+
+# swscale's area-averaging filter: the right one for the large downscales of camera frames to model input.
+INTERPOLATION = "AREA"
+
+
+def fitted_size(h: int, w: int, size: int, mode: ResizeMode = "pad") -> tuple[int, int]:
+    """``(height, width)`` an ``h x w`` frame is scaled to before :func:`place` pads or crops it to ``size``."""
+    scale = size / max(h, w) if mode == "pad" else size / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def place(resized: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
+    """A frame already scaled to :func:`fitted_size`, letterboxed (pad) or centre-cut (crop) to ``size``."""
+    nh, nw = resized.shape[:2]
+    if nh == size and nw == size:
+        return resized
+    if mode == "crop":
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return np.ascontiguousarray(resized[top : top + size, left : left + size])
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out
+
+
+def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
+    """A uint8 RGB ``[H, W, 3]`` frame made square ``[size, size, 3]``, keeping the aspect ratio.
+
+    ``pad`` (the default, letterbox) scales the longer side to ``size`` and centres the image on black
+    bars, so the whole field of view is kept; ``crop`` scales the shorter side to ``size`` and cuts the
+    centre. Scaling is FFmpeg's swscale (area filter) through PyAV, the same code that scales video frames
+    while converting them to RGB during import (:mod:`.video`). Inference must apply this function to live
+    camera frames: the choice is recorded in the manifest (``import.image``), in the embodiment spec
+    (``sim.image``) and in every episode's meta (``image_resize``, ``image_size``).
+    """
+    h, w = frame.shape[:2]
+    if h == size and w == size:
+        return frame
+    import av
+
+    nh, nw = fitted_size(h, w, size, mode)
+    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    resized = src.reformat(width=nw, height=nh, interpolation=INTERPOLATION).to_ndarray()
+    return place(resized, size, mode)
+
+
+def image_record(size: int, mode: ResizeMode) -> dict[str, Any]:
+    """How frames were made square; stored where inference can find it (see :func:`fit_image`)."""
+    return {
+        "size": int(size),
+        "resize": mode,
+        "pad_value": 0,
+        "interpolation": f"swscale {INTERPOLATION.lower()}",
+        "function": "actionprior.data.importers.common.fit_image",
+    }
+
+
+def short_name(key: str) -> str:
+    """A camera or feature key reduced to a name the shard format accepts (``observation.images.top`` -> ``top``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]) or "camera"
+
+
+def parse_episode_selection(text: str | None, available: Sequence[int], where: str) -> list[int]:
+    """``"0:10,15,20:22"`` (end-exclusive ranges) -> the selected episode indices, in source order."""
+    if not text:
+        return list(available)
+    chosen: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                a, b = part.split(":", 1)
+                chosen.update(range(int(a), int(b)))
+            elif part:
+                chosen.add(int(part))
+        except ValueError:
+            raise ImportFailure(f"--episodes: cannot parse '{part}' (use e.g. 0:10,15)") from None
+    missing = sorted(chosen - set(available))
+    if missing:
+        raise ImportFailure(f"{where}: --episodes asks for episodes {missing[:5]} that the source lacks")
+    return [i for i in available if i in chosen]
+
+
+def check_contiguous(indices: Sequence[int], where: str) -> None:
+    """Episode indices must be 0..N-1 without gaps (LeRobot and robomimic both number them so)."""
+    ordered = sorted(indices)
+    if len(set(ordered)) != len(ordered):
+        dupes = sorted({i for i in ordered if ordered.count(i) > 1})
+        raise ImportFailure(f"{where}: duplicate episode indices {dupes[:5]}")
+    for expected, got in enumerate(ordered):
+        if got != expected:
+            raise ImportFailure(
+                f"{where}: episode index gap: episode {expected} is missing (next present is {got})"
+            )
+
+
+def make_episode(
+    *,
+    key: str,
+    where: str,
+    embodiment: str,
+    instruction: str,
+    state: np.ndarray,
+    action: np.ndarray,
+    control_rate_hz: float,
+    frames: dict[str, np.ndarray],
+    extra: dict[str, Any],
+    task: str | None = None,
+) -> Episode:
+    """An :class:`Episode` after the checks that give the one-line errors (``where`` names file and episode)."""
+    if state.ndim != 2 or action.ndim != 2:
+        raise ImportFailure(f"{where}: state {state.shape} and action {action.shape} must be [T, D]")
+    if len(state) != len(action):
+        raise ImportFailure(f"{where}: {len(state)} states but {len(action)} actions")
+    if len(state) == 0:
+        raise ImportFailure(f"{where}: empty episode")
+    for label, arr in (("state", state), ("action", action)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            t, d = np.argwhere(bad)[0]
+            raise ImportFailure(
+                f"{where}: {label} has {int(bad.sum())} NaN/Inf values (first at t={t}, dim={d})"
+            )
+    for cam, f in frames.items():
+        if len(f) != len(state):
+            raise ImportFailure(f"{where}: camera '{cam}' has {len(f)} frames for {len(state)} steps")
+    return Episode(
+        key=key,
+        embodiment=embodiment,
+        task=task if task is not None else instruction,
+        instruction=instruction,
+        state=state,
+        action=action,
+        success=True,
+        control_rate_hz=control_rate_hz,
+        frames=frames,
+        extra=extra,
+    )
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One shard's worth of consecutive source episodes."""
+
+    name: str
+    episodes: tuple[int, ...]
+    frames: int  # rows (timesteps) in these episodes, for the progress bar
+
+
+def plan_units(
+    prefix: str, episodes: Sequence[int], lengths: Sequence[int], shard_episodes: int
+) -> list[Unit]:
+    if shard_episodes <= 0:
+        raise ImportFailure(f"--shard-episodes must be positive, got {shard_episodes}")
+    units = []
+    for start in range(0, len(episodes), shard_episodes):
+        eps = tuple(episodes[start : start + shard_episodes])
+        units.append(Unit(f"{prefix}_{eps[0]:06d}", eps, int(sum(lengths[start : start + shard_episodes]))))
+    return units
+
+
+class Source(Protocol):
+    """A planned import, picklable: workers get one copy and load units from it."""
+
+    def load_unit(self, unit: Unit) -> list[Episode]: ...
+
+
+# Per worker process: what _write_unit needs, set once by the pool initializer (not pickled per unit).
+_JOB: tuple[Any, Path, EmbodimentSpec] | None = None
+
+
+def _init_worker(source: Source, directory: Path, spec: EmbodimentSpec) -> None:
+    global _JOB
+    _JOB = (source, directory, spec)
+
+
+def _write_unit(unit: Unit) -> tuple[Unit, dict[str, Any]]:
+    """Load, check, encode and write one unit's shard pair; the manifest entry goes back to the parent.
+
+    Encoding PNGs is as costly as decoding the video, so it happens here, in parallel, and not in the
+    process that owns the manifest.
+    """
+    from actionprior.data.writer import check_episode_dims, write_shard_files
+
+    assert _JOB is not None
+    source, directory, spec = _JOB
+    episodes = source.load_unit(unit)
+    for ep in episodes:
+        try:
+            check_episode_dims(ep, spec)
+        except DataError as exc:
+            raise ImportFailure(str(exc)) from None
+    return unit, write_shard_files(directory, unit.name, episodes)
+
+
+@dataclass
+class ImportReport:
+    out_dir: Path
+    episodes: int
+    frames: int
+    units_run: int
+    units_skipped: int
+    seconds: float
+    already_complete: bool = False
+
+
+def run_import(
+    source: Source,
+    units: Sequence[Unit],
+    out_dir: str | Path,
+    spec: EmbodimentSpec,
+    record: dict[str, Any],
+    *,
+    workers: int = 2,
+    console: Console | None = None,
+    on_unit: Callable[[Unit], None] | None = None,
+) -> ImportReport:
+    """Load every unit (in ``workers`` processes) and write it; resume a partial import; publish at the end.
+
+    ``record`` describes the import (source, settings): it goes into the manifest's ``import`` section and
+    a partial import is resumed only with the same record. ``on_unit`` is called after each written shard
+    (tests interrupt an import with it).
+    """
+    # Imported here, not at module level: worker processes import this module but never write, and the
+    # writer pulls in webdataset (and torch), seconds of start-up per spawned worker.
+    from actionprior.data.writer import DatasetWriter, load_manifest
+
+    start = time.perf_counter()
+    console = console or Console()
+    out = Path(out_dir)
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    total_frames = sum(u.frames for u in units)
+    total_eps = sum(len(u.episodes) for u in units)
+    if (out / MANIFEST_FILE).exists():
+        done = load_manifest(out)
+        if done.get("import") == record:
+            return ImportReport(out, total_eps, total_frames, 0, len(units), 0.0, already_complete=True)
+        raise ImportFailure(
+            f"{out} already holds a dataset made from another source or settings; choose another --out or delete it"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ImportFailure(f"{out} exists and is not an actionprior dataset; choose another --out")
+    writer = DatasetWriter(partial, EmbodimentRegistry([spec]), name=out.name)
+    previous = writer.manifest.get("import")
+    if previous is not None and previous != record:
+        raise ImportFailure(
+            f"{partial} is an interrupted import with other settings; re-run with the same flags or delete it"
+        )
+    writer.manifest["import"] = record
+    todo = [u for u in units if not writer.has_shard(u.name)]
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(
+            f"import {out.name}", total=total_frames, completed=total_frames - sum(u.frames for u in todo)
+        )
+
+        def record(unit: Unit, entry: dict[str, Any]) -> None:
+            writer.record_shard(entry, collection={"source_episodes": list(unit.episodes)})
+            progress.update(bar, advance=unit.frames)
+            if on_unit is not None:
+                on_unit(unit)
+
+        if workers <= 1 or len(todo) <= 1:
+            _init_worker(source, partial, spec)
+            for unit in todo:
+                record(*_write_unit(unit))
+        else:
+            # 'spawn': PyAV and pyarrow start threads, which do not survive a fork.
+            ctx = mp.get_context("spawn")
+            initargs = (source, partial, spec)
+            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=initargs) as pool:
+                for unit, entry in pool.imap(_write_unit, todo):  # in order: output independent of workers
+                    record(unit, entry)
+    if not writer.manifest["shards"]:
+        raise ImportFailure("nothing to import: no episode selected")
+    writer.finalize()
+    (partial / SPEC_FILE).write_text(spec_yaml(spec))
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, out)
+    return ImportReport(
+        out, total_eps, total_frames, len(todo), len(units) - len(todo), time.perf_counter() - start
+    )
+
+
+def spec_yaml(spec: EmbodimentSpec) -> str:
+    header = (
+        f"# Embodiment spec written by `actionprior data import` for {spec.name}.\n"
+        "# Copy it to configs/embodiments/ to evaluate or serve this robot; edit gripper dims or control_mode\n"
+        "# if the guesses are wrong (then re-import with --spec so the shards carry the same spec).\n"
+    )
+    return header + yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+
+
+def remove_partial(out_dir: str | Path) -> None:
+    """Delete an interrupted import's ``OUT.partial`` (for ``--restart``)."""
+    partial = Path(out_dir).with_name(Path(out_dir).name + PARTIAL_SUFFIX)
+    if partial.exists():
+        shutil.rmtree(partial)
