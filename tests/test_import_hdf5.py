@@ -16,7 +16,8 @@ from actionprior.data.importers import cli_main
 from actionprior.data.importers import hdf5 as h5
 from actionprior.data.importers.common import ImportFailure, fit_image, run_import
 from actionprior.data.schema import decode_png, decode_trajectory
-from actionprior.data.streaming import WindowStream, shard_source
+from actionprior.data.shards import shard_source
+from actionprior.data.stream import WindowStream
 from actionprior.data.tario import iter_tar_samples
 from actionprior.data.writer import load_manifest
 from actionprior.embodiments import EmbodimentRegistry
