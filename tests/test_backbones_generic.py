@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from test_policy_fixtures import HISTORY, IMAGE, raw_observation
+from policy_builders import HISTORY, IMAGE, raw_observation
 from vla_builders import loader, make_batch, module_kwargs
 
 from actionprior.inference.policy import Policy
