@@ -61,9 +61,9 @@ def test_align_is_mse_to_the_stopped_encoder_latent():
 def test_history_objective_is_the_mean_of_the_two_passes():
     vla = tiny_vla(use_history=True)
     batch = make_batch(5)  # sample 0 has no history at all (history_mask all False)
-    lam = 0.3
+    aux_weight = 0.3
     torch.manual_seed(123)
-    out = vla.loss(batch, aux_weight=lam, history_mode="exact")
+    out = vla.loss(batch, aux_weight=aux_weight, history_mode="exact")
 
     # The same computation by hand, in the same order of random draws: recon, pass with, pass without.
     a, m, d, e = batch["action"], batch["step_mask"], batch["action_dim_mask"], batch["embodiment_id"]
@@ -74,8 +74,8 @@ def test_history_objective_is_the_mean_of_the_two_passes():
     assert has_hist.tolist() == [False, True, True, True, True]
     zp_hist = vla.predict_latent(batch, z_hist, has_hist)
     zp_none = vla.predict_latent(batch, z_hist, torch.zeros_like(has_hist))
-    loss_hist = vla.prior.flow_loss(zp_hist, a, m, d, e) + lam * (F.mse_loss(zp_hist, z) + recon)
-    loss_none = vla.prior.flow_loss(zp_none, a, m, d, e) + lam * (F.mse_loss(zp_none, z) + recon)
+    loss_hist = vla.prior.flow_loss(zp_hist, a, m, d, e) + aux_weight * (F.mse_loss(zp_hist, z) + recon)
+    loss_none = vla.prior.flow_loss(zp_none, a, m, d, e) + aux_weight * (F.mse_loss(zp_none, z) + recon)
     torch.testing.assert_close(out.loss, (loss_hist + loss_none) / 2, rtol=1e-5, atol=1e-5)
     # The history token does change the prediction (else the two passes would be the same thing).
     assert not torch.allclose(zp_hist[1:], zp_none[1:])
