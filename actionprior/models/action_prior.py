@@ -90,12 +90,6 @@ class ActionPriorConfig:
         bound.check_dims()
         return bound
 
-    @classmethod
-    def for_embodiments(
-        cls, registry: EmbodimentRegistry, chunk_len: int = 16, **settings: Any
-    ) -> ActionPriorConfig:
-        return cls(**settings).bind(registry, chunk_len)
-
     def __post_init__(self) -> None:
         problems = self._setting_problems()
         if problems:

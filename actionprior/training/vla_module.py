@@ -1,16 +1,16 @@
 """Stage 2 training: the VLA (VLM backbone -> z' -> Stage 1 decoder) as a LightningModule.
 
 Orchestration only; the model and its loss live in :mod:`actionprior.models.vla`. The module builds the
-VLA from its init args, computes ``L = L_pred + lambda * (L_align + L_recon)`` with ``lambda`` set by the
-:class:`~actionprior.training.transfer.ActionPriorTransfer` callback (0 without it: no auxiliary branch),
-logs every term, lambda, the gradient norm, latent statistics and per-embodiment action error, and
+VLA from its configs, computes ``L = L_pred + aux_weight * (L_align + L_recon)`` with ``aux_weight`` = lambda(k)
+set by the :class:`~actionprior.training.transfer.ActionPriorTransfer` callback (always 0 for the scratch
+baseline: no auxiliary branch), logs every term, aux_weight, the gradient norm, latent statistics and per-embodiment action error, and
 configures AdamW with separate learning rates for the backbone and the action module.
 
 Checkpoints are self-contained for inference: ``checkpoint["actionprior"]`` holds the Stage 1 payload
 (prior config, embodiments, normalisation + fingerprints) plus a ``vla`` entry with the VLA's settings,
 the camera order and the backbone *spec* -- the text of the config, tokenizer and image-processor files
 that ``save_pretrained`` writes (a few MB for a Qwen tokenizer). The backbone weights are in the state
-dict, so :func:`build_vla_from_checkpoint` rebuilds the VLA with no data, no hub and no local model
+dict, so :meth:`actionprior.checkpoint.StoredCheckpoint.build_vla` rebuilds the VLA with no data, no hub and no local model
 directory. The spec is also written into the hyperparameters, so ``VLAModule.load_from_checkpoint``
 rebuilds the backbone from it instead of downloading.
 """
