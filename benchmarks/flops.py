@@ -140,7 +140,7 @@ def _backbone_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     if text is None or vision is None or not hasattr(text, "layers") or not hasattr(vision, "blocks"):
         raise ValueError(
             f"analytic FLOPs model the Qwen-VL families only (language_model.layers + visual.blocks); "
-            f"'{type(model).__name__}' differs: use --flops counted"
+            f"'{type(model).__name__}' differs, so no MFU is reported for it (pass a Qwen-VL backbone)"
         )
     return text, vision
 
