@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,8 @@ from benchmarks.train_throughput import (
     main,
     markdown,
     max_batch_search,
+    parse_args,
+    plan_runs,
     stage1_share,
 )
 
@@ -30,7 +33,7 @@ def test_cpu_matrix_writes_sane_json_and_markdown(tmp_path: Path) -> None:
         + ["--grad-ckpt", "off", "on", "--strategies", "single", "ddp", "fsdp"]
         + ["--loader-workers", "0", "--loader-batches", "2", "--loader-episodes", "1"]
         + ["--loader-dir", str(tmp_path / "data"), "--stage1-steps", "2", "--stage1-batch-size", "8"]
-        + ["--json", str(out)]
+        + ["--max-batch", "--max-batch-limit", "2", "--json", str(out)]
     )
     report = json.loads(out.read_text())
     rows = report["train"]
@@ -62,6 +65,10 @@ def test_cpu_matrix_writes_sane_json_and_markdown(tmp_path: Path) -> None:
     assert 0 < report["stage1_share"]["stage1_share"] < 1
     assert report["targets"]["loader >= 3x training consumption"]["value"] == loader["ratio_to_training"]
     assert report["targets"]["stage2 bf16 one-GPU MFU >= 40%"]["met"] is None  # not measured on CPU
+    assert (
+        report["max_batch"]["largest_fitting_batch"] == 2
+        and report["max_batch"]["tried"][0]["status"] == "ok"
+    )
     md = out.with_suffix(".md").read_text()
     assert "| strategy | devices | precision |" in md and "skipped: needs >= 2 GPUs" in md
     assert "Stage 1 =" in md and "samples/s delivered" in md
@@ -74,6 +81,33 @@ def test_a_failing_run_is_a_row_not_a_crash(tmp_path: Path) -> None:
     (row,) = json.loads(out.read_text())["train"]
     assert row["status"] == "error" and "no_such_family" in row["error"]
     assert "| error: " in out.with_suffix(".md").read_text()
+
+
+def test_plan_varies_one_factor_at_a_time_and_says_what_cannot_run() -> None:
+    args = parse_args(
+        ["--backbone", "b", "--precision", "bf16-mixed", "32-true", "--attn", "flash_attention_2", "sdpa"]
+        + ["--grad-ckpt", "off", "on", "--batch-size", "32", "8", "--strategies", "single", "ddp", "fsdp"]
+    )
+    base = RunSpec(backbone="b", attn="flash_attention_2", batch_size=32, accelerator="cuda")
+    runs, skipped = plan_runs(args, base, n_gpus=2)
+    labels = [r.label() for r in runs]
+    assert labels[0] == base.label()
+    # fp32 cannot use the 16-bit flash-attention kernels: that run uses SDPA.
+    assert "singlex1 32-true sdpa no-gc b32" in labels
+    assert (
+        "singlex1 bf16-mixed flash_attention_2 gc b32" in labels
+        and "singlex1 bf16-mixed flash_attention_2 no-gc b8" in labels
+    )
+    assert (
+        "ddpx2 bf16-mixed flash_attention_2 no-gc b32" in labels
+        and "fsdpx2 bf16-mixed flash_attention_2 no-gc b32" in labels
+    )
+    assert "singlex1 bf16-mixed sdpa no-gc b32" in labels
+    assert len(labels) == len(set(labels)) == 7
+    if not importlib.util.find_spec("flash_attn"):
+        assert [s for s in skipped if "flash_attn not installed" in s["reason"]]
+    _, skipped_one_gpu = plan_runs(args, base, n_gpus=1)
+    assert {s["reason"] for s in skipped_one_gpu} >= {"needs >= 2 GPUs, 1 visible"}
 
 
 def test_max_batch_search_doubles_then_bisects() -> None:
