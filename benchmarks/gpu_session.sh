@@ -19,7 +19,7 @@ BACKBONE=${BACKBONE:-random:qwen3_vl_2b}
 BUDGET_S=${BUDGET_S:-420}      # the training matrix stops starting runs after this (the rest is listed as skipped)
 STEPS=${STEPS:-15}
 WARMUP=${WARMUP:-5}
-IMAGE_SIZE=${IMAGE_SIZE:-224}
+IMAGE_SIZE=${IMAGE_SIZE:-256}   # see --image-size in benchmarks/train_throughput.py
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 

@@ -9,7 +9,7 @@ the query tokens to ``z'`` (``backbone``), and integrate the flow decoder for N 
     .venv/bin/python benchmarks/inference_latency.py --ckpt runs/stage2/last.ckpt --threads 1 2
     .venv/bin/python benchmarks/inference_latency.py --use-history --sampling-steps 5 10 --json out.json
     python -m benchmarks.inference_latency --backbone random:qwen3_vl_2b --device cuda --autocast bf16 \
-        --image-size 224 --compile-decoder --json latency_2b.json          # the 2B architecture on a GPU
+        --image-size 256 --compile-decoder --json latency_2b.json          # the 2B architecture on a GPU
 
 On a GPU every part is timed with a device synchronise at both ends, so ``backbone`` and ``decoder``
 are the device time of each (target for the 2B architecture: ``total`` <= 50 ms per chunk on one

@@ -304,6 +304,11 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             describe_params(vla) if flops else {"total": sum(p.numel() for p in vla.parameters())}
         )
         result["seq_len"] = layout.seq_len
+        # Frames at the processor's own size are patchified as tensors on the device; any other size goes
+        # through the processor's PIL resize on the CPU inside every step (slow: pick a size that avoids it).
+        applies = getattr(vla.backbone.adapter, "tensor_path_applies", None)
+        on_tensors = bool(applies and applies(spec.image_size, spec.image_size))
+        result["image_preprocessing"] = "tensor (no resize)" if on_tensors else "image processor (PIL)"
         result["patches_per_image"] = sorted(set(layout.patches))
     else:
         result["params"] = {"total": sum(p.numel() for p in module.parameters())}
@@ -697,6 +702,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a configs/backbones/*.yaml whose model.init_args (except backbone) apply, e.g. "
         "configs/backbones/qwen3_vl_2b.yaml (default for random:qwen3_vl_2b)",
     )
+    p.add_argument(
+        "--backbone-dtype",
+        default=None,
+        help="e.g. bfloat16: backbone weights (and AdamW state) in that dtype; default fp32 master weights",
+    )
     p.add_argument("--precision", nargs="+", default=["bf16-mixed", "32-true"] if cuda else ["32-true"])
     p.add_argument("--attn", nargs="+", default=["sdpa", "flash_attention_2"] if cuda else ["sdpa"])
     p.add_argument("--grad-ckpt", nargs="+", choices=["off", "on"], default=["off", "on"])
@@ -712,7 +722,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--image-size", type=int, default=224 if cuda else 64)
+    # 256 px: a multiple of the 32 px merge window that a Qwen-VL processor with a 65,536-pixel minimum leaves
+    # unresized (tensor path); frames it resizes go through PIL on the CPU in every step (see image_preprocessing).
+    p.add_argument("--image-size", type=int, default=256 if cuda else 64)
     p.add_argument("--cameras", type=int, default=2)
     p.add_argument("--chunk-len", type=int, default=16)
     p.add_argument(
@@ -778,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in init.items()
             if k not in ("backbone", "backbone_dtype", "attn_implementation", "gradient_checkpointing")
         }
+    if args.backbone_dtype:
+        overrides["backbone_dtype"] = args.backbone_dtype
     precision, attn, gc_, bs = args.precision[0], args.attn[0], args.grad_ckpt[0], args.batch_size[0]
     if args.base:
         parts = args.base.split(",")

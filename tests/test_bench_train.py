@@ -49,6 +49,7 @@ def test_cpu_matrix_writes_sane_json_and_markdown(tmp_path: Path) -> None:
         assert r["peak_rss_gib"] > 0.05
         assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"])
         assert r["params"]["text_layers"] > 0 and r["params"]["vision"] > 0
+        assert r["image_preprocessing"] == "tensor (no resize)"  # 32 px frames: the tiny processor's own size
     # Recomputing activations changes speed, not numbers: the same seed gives the same losses.
     assert rows[0]["losses"] == pytest.approx(rows[1]["losses"], rel=1e-5)
     assert {s["reason"] for s in report["skipped"]} == {"needs >= 2 GPUs, 0 visible"}
