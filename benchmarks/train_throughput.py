@@ -190,7 +190,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_timer(warmup: int) -> Any:
+def _make_timer(warmup: int, seed: int) -> Any:
     import lightning as L
 
     class StepTimer(L.Callback):
@@ -201,6 +201,9 @@ def _make_timer(warmup: int) -> Any:
             self.losses: list[float] = []
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            # Every strategy reseeds (or not) at its own point of setup; seeding here, on every rank, makes
+            # the flow-matching noise of step k the same under every strategy, so final losses compare.
+            L.seed_everything(seed, verbose=False)
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
 
@@ -312,7 +315,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         result["patches_per_image"] = sorted(set(layout.patches))
     else:
         result["params"] = {"total": sum(p.numel() for p in module.parameters())}
-    timer = _make_timer(spec.warmup)
+    timer = _make_timer(spec.warmup, spec.seed)
     trainer = L.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=spec.devices,
@@ -518,8 +521,11 @@ def plan_runs(
         if strategy == "single":
             continue
         spec = replace(base, strategy=strategy, devices=n_gpus)
-        if n_gpus < 2:
-            skipped.append({"label": spec.label(), "reason": f"needs >= 2 GPUs, {n_gpus} visible"})
+        if base.accelerator == "cpu" and strategy != "ddp":
+            skipped.append({"label": spec.label(), "reason": "CUDA only"})
+        elif n_gpus < 2:
+            unit = "GPUs" if base.accelerator == "cuda" else "processes (--devices)"
+            skipped.append({"label": spec.label(), "reason": f"needs >= 2 {unit}, {n_gpus} visible"})
         elif strategy.startswith("deepspeed") and not find_spec("deepspeed"):
             skipped.append(
                 {"label": spec.label(), "reason": "deepspeed not installed (pip install '.[gpu]')"}
@@ -818,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_tflops=args.peak_tflops,
         model_overrides=overrides,
     )
-    devices = args.devices or n_gpus
+    devices = args.devices or n_gpus  # on CPU, --devices 2 rehearses DDP with two gloo processes
     runs, skipped = plan_runs(args, base, devices)
     t_start = time.perf_counter()
 

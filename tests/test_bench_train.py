@@ -52,7 +52,10 @@ def test_cpu_matrix_writes_sane_json_and_markdown(tmp_path: Path) -> None:
         assert r["image_preprocessing"] == "tensor (no resize)"  # 32 px frames: the tiny processor's own size
     # Recomputing activations changes speed, not numbers: the same seed gives the same losses.
     assert rows[0]["losses"] == pytest.approx(rows[1]["losses"], rel=1e-5)
-    assert {s["reason"] for s in report["skipped"]} == {"needs >= 2 GPUs, 0 visible"}
+    assert {s["reason"] for s in report["skipped"]} == {
+        "needs >= 2 processes (--devices), 0 visible",
+        "CUDA only",
+    }
     loader = report["loader"]
     assert loader["samples_per_s"] > 0 and loader["samples"] == 2 * 2
     assert loader["ratio_to_training"] == pytest.approx(
@@ -71,7 +74,7 @@ def test_cpu_matrix_writes_sane_json_and_markdown(tmp_path: Path) -> None:
         and report["max_batch"]["tried"][0]["status"] == "ok"
     )
     md = out.with_suffix(".md").read_text()
-    assert "| strategy | devices | precision |" in md and "skipped: needs >= 2 GPUs" in md
+    assert "| strategy | devices | precision |" in md and "skipped: CUDA only" in md
     assert "Stage 1 =" in md and "samples/s delivered" in md
 
 
@@ -160,3 +163,21 @@ def test_isolated_runs_start_their_own_process(tmp_path: Path) -> None:
          + ["--stage1-steps", "0", "--json", str(out)])  # fmt: skip
     (row,) = json.loads(out.read_text())["train"]
     assert row["status"] == "ok" and row["samples_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_rehearsal_on_cpu_runs_two_processes(tmp_path: Path) -> None:
+    """The multi-process path the GPU strategies take: a child process per run, Lightning launching rank 1."""
+    out = tmp_path / "bench.json"
+    main(TINY + ["--grad-ckpt", "off", "--strategies", "single", "ddp", "--devices", "2", "--loader-workers", "-1"]
+         + ["--stage1-steps", "0", "--json", str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    single, ddp = report["train"]
+    assert single["status"] == "ok" and single["world_size"] == 1
+    assert ddp["status"] == "ok", ddp.get("stderr_tail") or ddp.get("error")
+    assert ddp["world_size"] == 2 and ddp["samples_per_s"] == pytest.approx(
+        2 * ddp["samples_per_s_per_device"]
+    )
+    # Same seed and batches on both ranks: DDP's losses are the single process's.
+    assert ddp["losses"] == pytest.approx(single["losses"], rel=1e-4)
+    assert report["loss_vs_ddp"]["ddp_loss_last"] == ddp["loss_last"]
