@@ -24,7 +24,11 @@ def _prior(steps: int = 4) -> tuple[ActionPrior, torch.Tensor, torch.Tensor]:
         reg, width=32, depth=2, heads=2, latent_dim=16, chunk_len=6, sample_steps=steps
     )
     ids = torch.arange(5) % len(reg)
-    return ActionPrior(cfg).eval(), torch.randn(5, 16), ids
+    prior = ActionPrior(cfg).eval()
+    with torch.no_grad():  # adaLN-Zero starts every block as the identity: perturb so that they all matter
+        for param in prior.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return prior, torch.randn(5, 16), ids
 
 
 def _sample(prior: ActionPrior, z: torch.Tensor, ids: torch.Tensor, **kw) -> torch.Tensor:
@@ -58,6 +62,18 @@ def test_compile_flag_per_call_and_undo() -> None:
     # compile=True compiles on first use (the default: inductor; here the cheap backend first).
     prior.compile_sampler(backend="aot_eager")
     assert torch.equal(_sample(prior, z, ids, compile=True), eager)
+
+
+def test_copies_of_a_compiled_prior_start_eager() -> None:
+    import copy
+
+    prior, z, ids = _prior(steps=2)
+    prior.compile_sampler(backend="eager")
+    clone = copy.deepcopy(prior)
+    assert clone._compiled_loop is None and prior._compiled_loop is not None
+    with torch.no_grad():
+        clone.decoder.z_cond.weight.add_(1.0)  # the copy samples with its own weights
+    assert not torch.equal(_sample(clone, z, ids), _sample(prior, z, ids))
 
 
 @pytest.mark.slow

@@ -206,6 +206,13 @@ class ActionPrior(nn.Module):
             kwargs["mode"] = mode
         self._compiled_loop = torch.compile(self._euler_loop, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A compiled function holds the original module and device-specific code: copies and pickles of the
+        # module start eager (call compile_sampler on them to compile their own loop).
+        state = self.__dict__.copy()
+        state["_compiled_loop"] = None
+        return state
+
     def eager_sampler(self) -> None:
         """Undo :meth:`compile_sampler`: :meth:`sample` runs eagerly again."""
         self._compiled_loop = None
