@@ -535,13 +535,15 @@ def plan_runs(
     return runs, skipped
 
 
-def max_batch_search(base: RunSpec, start: int, limit: int, run: Any) -> dict[str, Any]:
+def max_batch_search(
+    base: RunSpec, start: int, limit: int, run: Any, stop: Any = lambda: False
+) -> dict[str, Any]:
     """Double the per-device batch from ``start`` until a run does not fit, then bisect once between the
     last fit and the first failure: the largest batch measured to fit (a lower bound within 25 %)."""
     tried: list[dict[str, Any]] = []
     fit, fail = 0, None
     bs = start
-    while bs <= limit:
+    while bs <= limit and not stop():  # stop(): the time budget is spent (the answer is then a lower bound)
         r = run(replace(base, batch_size=bs, steps=2, warmup=1))
         tried.append(
             {"batch_size": bs, "status": r["status"], **{k: r[k] for k in ("peak_allocated_gib",) if k in r}}
@@ -550,7 +552,7 @@ def max_batch_search(base: RunSpec, start: int, limit: int, run: Any) -> dict[st
             fail = bs
             break
         fit, bs = bs, bs * 2
-    if fit and fail and fail - fit > 1:
+    if fit and fail and fail - fit > 1 and not stop():
         mid = (fit + fail) // 2
         r = run(replace(base, batch_size=mid, steps=2, warmup=1))
         tried.append(
@@ -886,7 +888,9 @@ def main(argv: list[str] | None = None) -> int:
             memory_cap_gb=args.max_batch_cap_gb if cuda else None,
             grad_ckpt=args.max_batch_grad_ckpt == "on",
         )
-        report["max_batch"] = max_batch_search(capped, base.batch_size, args.max_batch_limit, run)
+        report["max_batch"] = max_batch_search(
+            capped, base.batch_size, args.max_batch_limit, run, over_budget
+        )
     report["loss_vs_ddp"] = loss_agreement(rows, args.loss_tolerance)
     first_ok = next((r for r in rows if r.get("status") == "ok"), {})
     report["meta"] = {

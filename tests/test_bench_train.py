@@ -125,6 +125,10 @@ def test_max_batch_search_doubles_then_bisects() -> None:
     assert tried == [8, 16, 32, 64, 48]
     assert result["largest_fitting_batch"] == 32 and result["first_failing"] == 64
     assert result["memory_cap_gb"] == 80.0
+    tried.clear()
+    budget = iter([False, False, True])  # the time budget runs out after two runs
+    stopped = max_batch_search(RunSpec(backbone="x"), start=8, limit=512, run=run, stop=lambda: next(budget))
+    assert tried == [8, 16] and stopped["largest_fitting_batch"] == 16 and stopped["first_failing"] is None
 
 
 def test_loss_agreement_against_ddp() -> None:
