@@ -26,6 +26,21 @@ TINY = [
 ]  # fmt: skip
 
 
+def test_one_cpu_run_reports_throughput_mfu_and_memory(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    main(TINY + ["--grad-ckpt", "off", "--strategies", "single", "--loader-workers", "-1", "--stage1-steps", "0"]
+         + ["--json", str(out), "--markdown", str(tmp_path / "table.md")])  # fmt: skip
+    report = json.loads(out.read_text())
+    (row,) = report["train"]
+    assert row["status"] == "ok" and row["world_size"] == 1 and row["built_on"] == "cpu"
+    assert row["samples_per_s"] == pytest.approx(2 / row["step_s_mean"])
+    assert 0 < row["mfu"] <= 1 and row["flops_per_step_per_device"]["total"] > 0
+    assert row["peak_rss_gib"] > 0 and "loader" not in report and "stage1" not in report
+    assert report["meta"]["params_total"] == row["params"]["total"] > 1e6
+    assert "| single | 1 | 32-true | sdpa | off | 2 |" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow
 def test_cpu_matrix_writes_sane_json_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     main(
