@@ -718,7 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", nargs="+", default=["bf16-mixed", "32-true"] if cuda else ["32-true"])
     p.add_argument("--attn", nargs="+", default=["sdpa", "flash_attention_2"] if cuda else ["sdpa"])
     p.add_argument("--grad-ckpt", nargs="+", choices=["off", "on"], default=["off", "on"])
-    p.add_argument("--batch-size", type=int, nargs="+", default=[8, 16, 32] if cuda else [2])
+    p.add_argument("--batch-size", type=int, nargs="+", default=[32, 8, 16] if cuda else [2])  # first = base
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     p.add_argument(
         "--base",
