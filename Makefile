@@ -13,7 +13,7 @@ WORKERS ?= 2
 STAGE1_CKPT ?= runs/stage1/checkpoints/last.ckpt
 ARGS ?=
 
-.PHONY: help install test test-fast lint format demo collect stage1 stage2 eval bench reproduce clean-runs
+.PHONY: help install test test-fast lint format demo collect stage1 stage2 eval bench bench-train bench-gpu reproduce clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ eval: install  ## closed-loop evaluation (CKPT=path)
 bench: install  ## throughput and latency benchmarks (figures, not tests)
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/inference_latency.py
+
+bench-train: install  ## Stage 2 training throughput/MFU/memory matrix (+ loader, Stage 1 share); GPU: 2B, CPU: tiny
+	$(PY) -m benchmarks.train_throughput $(ARGS)
+
+bench-gpu: install  ## every scale benchmark on a GPU machine in ~10 min (training matrix + 2B latency) -> runs/bench/gpu_session
+	PY=$(PY) bash benchmarks/gpu_session.sh
 
 reproduce: install  ## the paper's ablation table on sim-default (no prior / action-only / action-state / + history)
 	$(PY) -m actionprior.study.ablations --data $(DATA) $(ARGS)

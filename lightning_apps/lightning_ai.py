@@ -6,6 +6,10 @@
 ``--dry-run`` prints the job specification as JSON and needs neither lightning-sdk nor credentials.
 Submitting needs ``pip install '.[cloud]'`` and ``lightning login`` (or LIGHTNING_USER_ID / LIGHTNING_API_KEY).
 
+The JSON's ``lightning_cli`` entry is the same job as a ``lightning job run ... --num-machines N`` line for
+lightning-sdk's own CLI (checked against the SDK's command parser in tests/test_cluster_launchers.py), for
+those who submit from a shell or a Studio terminal.
+
 On a multi-machine job the platform starts the command once per machine and sets MASTER_ADDR / MASTER_PORT /
 NODE_RANK; Lightning's default environment reads them and starts one process per GPU, so the command is the
 plain ``actionprior fit`` with ``--trainer.num_nodes`` = number of machines and ``--trainer.devices`` = GPUs each.
@@ -97,6 +101,29 @@ def build_spec(
     )
 
 
+def cli_argv(spec: LightningJobSpec) -> list[str]:
+    """The same job as lightning-sdk's CLI command: ``lightning job run --name ... --num-machines N ...``.
+
+    Option names are those of ``lightning_sdk.cli.job.run.run_job`` (lightning-sdk 2026.10); submitting
+    this line gives ``Job.run`` the same name, machine, command, environment, studio/image, teamspace,
+    machine count and interruptible flag as :func:`submit` does.
+    """
+    argv = ["lightning", "job", "run", "--name", spec.name, "--machine", spec.machine]
+    argv += ["--num-machines", str(spec.num_machines), "--command", spec.command]
+    for option, value in (
+        ("--studio", spec.studio),
+        ("--image", spec.image),
+        ("--teamspace", spec.teamspace),
+    ):
+        if value:
+            argv += [option, value]
+    for key, value in spec.env.items():
+        argv += ["--env", f"{key}={value}"]
+    if spec.interruptible:
+        argv.append("--interruptible")
+    return argv
+
+
 def submit(spec: LightningJobSpec) -> Any:
     """Submit with lightning-sdk (imported only here). Returns the SDK's job object."""
     try:
@@ -170,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             interruptible=ns.interruptible,
             workdir=ns.workdir,
         )
-        print(json.dumps(spec.to_dict(), indent=2), flush=True)
+        shown = {**spec.to_dict(), "lightning_cli": shlex.join(cli_argv(spec))}
+        print(json.dumps(shown, indent=2), flush=True)
         if ns.dry_run:
             return 0
         job = submit(spec)

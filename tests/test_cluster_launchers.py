@@ -277,3 +277,68 @@ def test_torchrun_argv_matches_torchs_own_parser() -> None:
         29555,
     )
     assert ns.module and ns.training_script == "actionprior.cli"
+
+
+def test_lightning_ai_dry_run_shows_the_equivalent_lightning_cli_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_apps.lightning_ai", "--stage", "2", "--nodes", "4", "--gpus", "8",
+         "--machine", "H200_X_8", "--studio", "st", "--env", "HF_HOME=/teamspace/hf", "--dry-run", "--",
+         "--trainer.max_steps", "50000"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    shown = json.loads(out.stdout)
+    argv = shlex.split(shown["lightning_cli"])
+    assert argv[:3] == ["lightning", "job", "run"]
+    options = dict(zip(argv[3::2], argv[4::2], strict=True))
+    assert options == {
+        "--name": "actionprior-stage2",
+        "--machine": "H200_X_8",
+        "--num-machines": "4",
+        "--command": shown["command"],
+        "--studio": "st",
+        "--env": "HF_HOME=/teamspace/hf",
+    }
+
+
+def test_lightning_cli_line_submits_the_same_job_as_the_python_submitter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both paths end in lightning_sdk's ``Job.run``: the CLI line, parsed by the SDK's own click command,
+    must hand it exactly what :func:`submit` hands it."""
+    lightning_sdk = pytest.importorskip("lightning_sdk")
+    from lightning_sdk.cli.job import run as cli_run
+
+    from lightning_apps.lightning_ai import cli_argv
+
+    calls: list[dict] = []
+
+    def fake_run(name, machine, command=None, studio=None, image=None, teamspace=None, env=None,
+                 interruptible=False, num_machines=1, **rest):  # fmt: skip
+        calls.append(
+            dict(name=name, machine=machine, command=command, studio=studio, image=image, teamspace=teamspace,
+                 env=env or {}, interruptible=interruptible, num_machines=num_machines, rest=rest)
+        )  # fmt: skip
+        return types.SimpleNamespace(link="https://lightning.ai/x", name=name, id="j1")
+
+    monkeypatch.setattr(lightning_sdk.Job, "run", staticmethod(fake_run))
+    monkeypatch.setattr(cli_run, "resolve_teamspace", lambda teamspace, org, user: teamspace)
+    for spec in (
+        build_spec(
+            TrainCommand(stage=2, nodes=4, gpus=8, python="python", extra_args=("--trainer.max_steps", "50000")),
+            name="ap2", machine="H100_X_8", studio="my studio", teamspace="me/ts",
+            env={"HF_HOME": "/teamspace/a b", "X": "1=2"}, interruptible=True,
+        ),
+        build_spec(TrainCommand(stage=1, nodes=1, gpus=1), name="ap1", machine="L4", image="repo/img:1"),
+    ):  # fmt: skip
+        calls.clear()
+        submit(spec)
+        argv = cli_argv(spec)
+        assert argv[:3] == ["lightning", "job", "run"]
+        cli_run.run_job.main(argv[3:], prog_name="lightning job run", standalone_mode=False)
+        python_call, cli_call = calls
+        assert python_call.pop("rest") == {}
+        cli_only = cli_call.pop("rest")
+        assert cli_call == python_call
+        assert cli_call["num_machines"] == spec.num_machines and cli_call["command"] == spec.command
+        # What else the CLI passes is empty or off: nothing the Python submitter leaves out is set.
+        assert {k: v for k, v in cli_only.items() if v not in (None, False, {}, [], ())} == {}

@@ -63,3 +63,16 @@ def test_a_broken_export_is_refused_in_one_line(exported, tmp_path) -> None:
         read_exported(broken)
     with pytest.raises(FileNotFoundError, match="not an exported policy folder"):
         Policy.load(tmp_path / "nothing-here")
+
+
+def test_compiled_decoder_flag_gives_the_eager_actions(exported) -> None:
+    ckpt, _ = exported
+    kwargs = dict(image_size=32, history_len=3, seed=2)
+    eager = Policy.from_checkpoint(ckpt, **kwargs)
+    compiled = Policy.from_checkpoint(ckpt, **kwargs, compile_decoder=True)
+    assert compiled.model.prior._compiled_loop is not None and eager.model.prior._compiled_loop is None
+    compiled.model.prior.compile_sampler(backend="eager")  # trace only: keeps the test fast on CPU
+    for policy in (eager, compiled):
+        policy.reset()
+    obs = raw_observation("synth_arm4", seed=3)
+    np.testing.assert_allclose(compiled.act(obs), eager.act(obs), rtol=1e-5, atol=1e-6)

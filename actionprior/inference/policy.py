@@ -44,9 +44,15 @@ class Policy(BasePolicy):
         sample_steps: int | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        compile_decoder: bool = False,
     ):
-        """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised)."""
+        """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised).
+
+        ``compile_decoder`` compiles the decoder's Euler loop (``torch.compile``; CUDA graphs on a GPU): opt-in,
+        since the first chunk then pays the compile time (tens of seconds)."""
         self.model = model.to(device).eval()
+        if compile_decoder:
+            self.model.prior.compile_sampler()
         self.normalizer = normalizer
         self.registry = normalizer.registry
         self.chunk_len = chunk_len
@@ -79,6 +85,7 @@ class Policy(BasePolicy):
         image_size: int | None = None,
         history_len: int | None = None,
         seed: int = 0,
+        compile_decoder: bool = False,
     ) -> Policy:
         """Rebuild the VLA of a Stage 2 checkpoint with its embodiments, normaliser and camera order.
 
@@ -87,7 +94,15 @@ class Policy(BasePolicy):
         """
         stored = StoredCheckpoint.read(path).expect_stage(2, "a policy")
         return cls._from_stored(
-            stored, device, replan_every, sample_steps, expected_stats, image_size, history_len, seed
+            stored,
+            device,
+            replan_every,
+            sample_steps,
+            expected_stats,
+            image_size,
+            history_len,
+            seed,
+            compile_decoder,
         )
 
     @classmethod
@@ -101,11 +116,20 @@ class Policy(BasePolicy):
         image_size: int | None = None,
         history_len: int | None = None,
         seed: int = 0,
+        compile_decoder: bool = False,
     ) -> Policy:
         """A policy from a folder written by ``actionprior export`` (or a hub repository holding one)."""
         stored = read_exported(name_or_path)
         return cls._from_stored(
-            stored, device, replan_every, sample_steps, expected_stats, image_size, history_len, seed
+            stored,
+            device,
+            replan_every,
+            sample_steps,
+            expected_stats,
+            image_size,
+            history_len,
+            seed,
+            compile_decoder,
         )
 
     @classmethod
@@ -119,6 +143,7 @@ class Policy(BasePolicy):
         image_size: int | None,
         history_len: int | None,
         seed: int,
+        compile_decoder: bool = False,
     ) -> Policy:
         source = stored.source
         try:
@@ -157,6 +182,7 @@ class Policy(BasePolicy):
             sample_steps=sample_steps,
             device=device,
             seed=seed,
+            compile_decoder=compile_decoder,
         )
 
     # ------------------------------------------------------------------ state

@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--replan-every", type=int, default=None, help="actions executed per chunk (default: from ckpt)"
     )
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
+    p.add_argument(
+        "--compile-decoder",
+        action="store_true",
+        help="compile the decoder's Euler loop (torch.compile; CUDA graphs on a GPU); the first chunk pays it",
+    )
     p.add_argument("--stats", default=None, help="stats.json whose fingerprint the checkpoint must match")
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
@@ -192,6 +197,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         expected_stats=args.stats,
         image_size=args.image_size,
         history_len=args.history_len,
+        compile_decoder=args.compile_decoder,
     )
     server = PolicyServer(policy, args.host, args.port, args.max_message_bytes)
     console.print(f"serving [bold]{args.ckpt}[/] on [bold]{server.url}[/] (Ctrl-C to stop)")
