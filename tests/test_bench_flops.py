@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from actionprior.models.vlm_backbone import VLMBackbone
+from actionprior.models.backbones import VLMBackbone
 
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig

@@ -209,8 +209,8 @@ def test_wheel_in_a_fresh_venv_collects_and_trains_from_another_directory(tmp_pa
     tiny = [
         "--data.datasets=[{path: data}]", "--data.val_fraction=0",  # one episode: nothing to hold out
         "--data.chunk_len=4", "--data.history_len=2", "--data.batch_size=4", "--data.batches_per_epoch=2",
-        "--data.shuffle_buffer=8", "--model.init_args.width=32", "--model.init_args.depth=1",
-        "--model.init_args.heads=2", "--model.init_args.latent_dim=8", "--model.init_args.warmup_steps=1",
+        "--data.shuffle_buffer=8", "--model.init_args.prior.width=32", "--model.init_args.prior.depth=1",
+        "--model.init_args.prior.heads=2", "--model.init_args.prior.latent_dim=8", "--model.init_args.warmup_steps=1",
         "--trainer.max_steps=2", "--trainer.default_root_dir=runs", "--trainer.logger.init_args.save_dir=runs",
         "--trainer.enable_progress_bar=false",
     ]  # fmt: skip

@@ -48,8 +48,8 @@ def test_collect_train_both_stages_then_evaluate_in_closed_loop(tmp_path) -> Non
     checkpoint = torch.load(stage2_ckpt, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert (
-        checkpoint["hyper_parameters"]["latent_dim"] == 16
-        and checkpoint["hyper_parameters"]["sample_steps"] == 3
+        checkpoint["hyper_parameters"]["prior"]["latent_dim"] == 16
+        and checkpoint["hyper_parameters"]["prior"]["sample_steps"] == 3
     )
     settings = checkpoint["actionprior"]["vla"]
     assert settings["image_size"] == 32 and settings["camera_names"] == ["scene", "wrist"]
