@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from actionprior.data.limits import MAX_ABS_VALUE
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError
 from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
@@ -162,6 +163,14 @@ class WindowStream(IterableDataset):
         if self.normalizer is not None:
             state = self.normalizer.normalize(name, "state", state)
             action = self.normalizer.normalize(name, "action", action)
+        # Inf in a shard, or a value the statistics blow up to Inf, would reach the loss silently.
+        # (``not max <= cap`` is also true for NaN.)
+        for label, arr in (("state", state), ("action", action)):
+            if not float(np.abs(arr).max(initial=0.0)) <= MAX_ABS_VALUE:
+                raise DataError(
+                    f"{sample.get('__url__', '?')}:{sample['__key__']}: {label} has NaN/Inf or values beyond "
+                    f"+-{MAX_ABS_VALUE:g} after normalisation; run `actionprior data check` on the dataset"
+                )
         padded = pad_episode(
             state,
             action,
