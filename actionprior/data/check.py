@@ -37,7 +37,6 @@ from actionprior.data.schema import (
     shard_problems,
     show,
     spec_problems,
-    value_problem,
 )
 from actionprior.data.stats import stats_problems
 from actionprior.data.tario import iter_tar_samples
@@ -256,11 +255,6 @@ def _check_sample(
             if arr.shape[1] != dim:
                 report.add(path, key, f"{label} dim {arr.shape[1]}, embodiment '{name}' spec says {dim}")
                 ok = False
-    for label, arr in (("state", state), ("action", action)):
-        problem = value_problem(label, arr)
-        if problem:
-            report.add(path, key, problem)
-            ok = False
     if entry is not None:
         for field, value in (("embodiment", name), ("length", len(state))):
             if entry.get(field) != value:

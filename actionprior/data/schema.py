@@ -17,7 +17,9 @@ import io
 import json
 import math
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,12 +150,22 @@ def encode_png(frame: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@contextmanager
+def _quiet_bomb_warning() -> Iterator[None]:
+    """PIL warns about large images at open; our own cap (checked next) decides, in one line."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def png_size(data: bytes, where: str) -> tuple[int, int]:
     """``(width, height)`` from the PNG header, without decoding pixels."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+        with _quiet_bomb_warning(), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             return img.size
     except Exception as exc:
         raise DataError(f"{where}: cannot decode PNG frame ({str(exc)[:200]})") from None
@@ -164,7 +176,7 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+        with _quiet_bomb_warning(), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             width, height = img.size
             if width * height > limits.MAX_IMAGE_PIXELS:
                 raise DataError(
@@ -279,6 +291,10 @@ def decode_trajectory(sample: dict[str, Any], where: str) -> tuple[np.ndarray, n
         raise DataError(
             f"{where}: lengths disagree (state {len(state)}, action {len(action)}, meta {meta['length']})"
         )
+    for name, arr in (("state", state), ("action", action)):
+        problem = value_problem(name, arr)
+        if problem:
+            raise DataError(f"{where}: {problem}")
     return state, action, meta
 
 

@@ -107,7 +107,7 @@ def decode_sample(
     state, action, meta = decode_trajectory(sample, where)
     name = meta["embodiment"]
     if name not in registry:
-        raise DataError(f"{where}: embodiment '{name}' is not in the registry {registry.names}")
+        raise DataError(f"{where}: embodiment {show(name)} is not in the registry {registry.names}")
     spec = registry[name]
     if state.shape[1] != spec.state_dim or action.shape[1] != spec.action_dim:
         raise DataError(
@@ -135,7 +135,10 @@ def iter_episodes(
             if with_frames:
                 where = f"{url}:{sample['__key__']}"
                 for cam in meta.get("cameras", []):
-                    frames[cam] = np.stack([_frame(sample, cam, t, where) for t in range(len(state))])
+                    stack = [_frame(sample, cam, t, where) for t in range(len(state))]
+                    if len({f.shape for f in stack}) > 1:
+                        raise DataError(f"{where}: camera '{cam}' has frames of different sizes")
+                    frames[cam] = np.stack(stack)
             extra = {k: v for k, v in meta.items() if k not in Episode.__dataclass_fields__}
             for k in ("length", "cameras", "schema_version"):
                 extra.pop(k, None)
