@@ -717,6 +717,8 @@ def run_loader(path: str, timeout: float = CASE_TIMEOUT_S) -> tuple[BaseExceptio
 
 @pytest.fixture(scope="module")
 def base_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import actionprior.data.datamodule  # noqa: F401  (imported once here, not inside the first case's RSS peak)
+
     path = tmp_path_factory.mktemp("fuzzbase") / "data"
     write_synthetic_dataset(
         path, episodes_per_embodiment=1, length_range=(5, 7), shard_sizes=(2, 1), image_size=8
