@@ -33,10 +33,12 @@ STATS_FILE = "stats.json"
 TRAJ_PREFIX = "traj-"
 OBS_PREFIX = "obs-"
 META_REQUIRED = ("embodiment", "task", "instruction", "success", "control_rate_hz", "length")
-FRAME_FIELD = re.compile(r"^(?P<camera>[A-Za-z0-9_]+)\.(?P<t>\d{5})\.png$")
+FRAME_FIELD = re.compile(r"^(?P<camera>[A-Za-z0-9_]+)\.(?P<t>\d{5})\.png\Z")
 # A file name inside a dataset folder as the manifest may spell it: one plain path component, no scheme,
 # no shell metacharacters (it may be substituted into a user's `pipe:` template), not '.' or '..'.
-SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+SAFE_FILE_NAME = re.compile(
+    r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z"
+)  # \Z: "$" also matches before a final newline
 NUMERIC_KINDS = frozenset("biuf")
 
 

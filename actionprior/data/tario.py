@@ -24,8 +24,8 @@ from actionprior.data.schema import DataError
 
 _BLOCK = 512
 _ZEROS = bytes(_BLOCK)
-_OCTAL = re.compile(rb"^[0-7]+$")
-_DECIMAL = re.compile(r"^[0-9]{1,20}$")
+_OCTAL = re.compile(rb"^[0-7]+\Z")
+_DECIMAL = re.compile(r"^[0-9]{1,20}\Z")
 _SKIP_CHUNK = 1 << 20
 
 
