@@ -92,11 +92,20 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
         stream = _open_shard(url)
     except OSError as exc:
         raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
-    with stream:
+    failed = True
+    try:
+        yield from iter_tar_samples(stream, url, verify=False)
+        failed = False
+    except OSError as exc:
+        raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
+    finally:
+        # A pipe reports its command's exit status on close. After a refusal (or a consumer that stopped
+        # early) that status would only hide the real message, so it counts only after a clean read.
         try:
-            yield from iter_tar_samples(stream, url, verify=False)
-        except OSError as exc:
-            raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
+            stream.close()
+        except Exception as exc:
+            if not failed:
+                raise DataError(f"{url}: the stream failed on close ({show(str(exc), 200)})") from None
 
 
 def decode_sample(
