@@ -175,6 +175,10 @@ def test_bounded_json_reader() -> None:
     for data, message in cases.items():
         with pytest.raises(DataError, match=f"f.json: .*{message}"):
             loads_bounded(data, "f.json", 10**6)
+    # An unterminated string of escaped quotes once made the depth scan quadratic (16 KB: 1.4 s).
+    hostile = b'["' + b'\\"' * 500_000 + b"\\"
+    with pytest.raises(DataError, match="invalid JSON"):
+        _deadline(lambda: loads_bounded(hostile, "f.json", 10**7), seconds=10)
     with pytest.raises(DataError, match="f.json: 203 bytes, over the 100-byte cap"):
         loads_bounded(b"[" + b"1," * 100 + b"1]", "f.json", 100)
 

@@ -448,6 +448,20 @@ def fixed_cases() -> list[Case]:
             "stats.json",
             loader_fails=True,
         ),
+        Case(
+            "manifest-quadratic-scan",
+            _raw_json("manifest.json", lambda b: b[:-1] + b', "x": "' + b'\\"' * 300_000 + b"\\"),
+            "manifest.json",
+            loader_fails=True,
+        ),
+        Case("stats-symlink-out", _symlink_out("stats.json"), "stats.json", loader_fails=True),
+        Case("manifest-symlink-out", _symlink_out("manifest.json"), "manifest.json", loader_fails=True),
+        Case(
+            "meta-many-cameras",
+            _meta_edit(o0, lambda m: m.update(cameras=[f"c{i}" for i in range(1000)])),
+            o0,
+            loader_fails=True,
+        ),
         Case("duplicate-episode", _duplicate_episode(t0), t0),
         Case(
             "manifest-camera-list",
@@ -789,7 +803,7 @@ FAST_IDS = {
     "meta-deep-json", "meta-invalid-utf8", "meta-embodiment-list", "meta-length-forty",
     "manifest-embodiments-null", "stats-invalid-utf8", "action-inf", "state-3e38", "stats-nan-quantile",
     "stats-q99-below-q01", "stats-1e308", "duplicate-episode", "meta-instruction-int", "manifest-camera-list",
-    "frame-other-size",
+    "frame-other-size", "manifest-quadratic-scan",
 }  # fmt: skip
 
 

@@ -93,6 +93,9 @@ def _check(directory: Path, report: _Report, decode_frames: bool) -> None:
     if not manifest_path.exists():
         report.add(manifest_path, "", "missing manifest.json; is this a dataset written by actionprior?")
         return
+    if not contained(directory, MANIFEST_FILE):
+        report.add(manifest_path, "", "resolves outside the dataset folder (a symlink); not read")
+        return
     try:
         manifest = read_json_file(manifest_path, limits.MAX_MANIFEST_BYTES)
     except DataError as exc:
@@ -284,6 +287,14 @@ def _check_frames(
             f"meta.json cameras {sorted(cameras)} disagree with the cameras {sorted(spec.cameras)} of "
             f"embodiment '{spec.name}' in manifest.json",
         )
+    if len(cameras) * length > limits.MAX_MEMBERS_PER_SAMPLE:
+        report.add(
+            path,
+            key,
+            f"meta.json announces {len(cameras)} cameras x {length} steps of frames, over the cap of "
+            f"{limits.MAX_MEMBERS_PER_SAMPLE} fields per sample",
+        )
+        return
     expected = {frame_field(cam, t) for cam in cameras for t in range(length)}
     present = {f for f in sample if FRAME_FIELD.match(f)}
     missing = sorted(expected - present)
@@ -328,6 +339,9 @@ def _check_stats(
     fix = f"run `actionprior data stats {directory} --recompute`"
     if not path.exists():
         report.add(path, "", f"missing stats.json; {fix}")
+        return
+    if not contained(directory, STATS_FILE):
+        report.add(path, "", "resolves outside the dataset folder (a symlink); not read")
         return
     try:
         payload = read_json_file(path, limits.MAX_STATS_BYTES)

@@ -24,8 +24,11 @@ MAX_HEADER_EXTENSION_BYTES = 64 * KiB  # PAX header / GNU long name
 
 # Decoded content.
 MAX_IMAGE_PIXELS = 4096 * 4096  # width x height read from the PNG header before decoding
-MAX_EPISODE_LENGTH = 1_000_000  # timesteps
-MAX_DIM = 4096  # state/action dims
+# Length and dims also bound what a stream builds from an episode: it is padded to the widest embodiment
+# of the registry, so one episode costs at most 100,000 x 256 x 4 bytes x 2 (state, action) = 205 MB.
+MAX_EPISODE_LENGTH = 100_000  # timesteps (e.g. 100 s at 1 kHz)
+MAX_DIM = 256  # state/action dims of one embodiment
+MAX_CAMERAS = 16  # cameras of one embodiment / one episode
 # Sanity rule for raw state/action values and statistics: real robots report radians, metres, newtons,
 # gripper widths; anything beyond 1e6 in magnitude is a unit bug or corruption, and float32 normalisation
 # of values near 3e38 overflows to Inf.

@@ -250,8 +250,10 @@ def meta_problems(meta: Mapping[str, Any]) -> list[str]:
             f"meta.json 'length' must be an integer in [1, {limits.MAX_EPISODE_LENGTH}], got {show(length)}"
         )
     cameras = meta.get("cameras", [])
-    if not isinstance(cameras, list) or not all(
-        isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", c) for c in cameras
+    if (
+        not isinstance(cameras, list)
+        or len(cameras) > limits.MAX_CAMERAS
+        or not all(isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", c) for c in cameras)
     ):
         out.append(f"meta.json 'cameras' must be a list of camera names, got {show(cameras)}")
     return out
@@ -312,8 +314,10 @@ def spec_problems(name: Any, spec: Any) -> list[str]:
         elif not all(isinstance(v, str) for v in value):
             out.append(f"{where}.{key} must hold strings only")
     cameras = spec.get("cameras", [])
-    if not isinstance(cameras, list) or not all(
-        isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", c) for c in cameras
+    if (
+        not isinstance(cameras, list)
+        or len(cameras) > limits.MAX_CAMERAS
+        or not all(isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", c) for c in cameras)
     ):
         out.append(
             f"{where}.cameras must be a list of camera names (letters, digits, '_'), got {show(cameras)}"
