@@ -311,6 +311,14 @@ def _symlink_out(shard: str) -> Callable[[Path, Path], None]:
     return mutate
 
 
+def _fifo(file: str) -> Callable[[Path, Path], None]:
+    def mutate(ds: Path, marker: Path) -> None:
+        (ds / file).unlink()
+        os.mkfifo(ds / file)  # opening it for reading would wait forever for a writer
+
+    return mutate
+
+
 def _deep(n: int) -> bytes:
     return b"[" * n + b"]" * n
 
@@ -455,6 +463,8 @@ def fixed_cases() -> list[Case]:
             loader_fails=True,
         ),
         Case("stats-symlink-out", _symlink_out("stats.json"), "stats.json", loader_fails=True),
+        Case("fifo-shard", _fifo(t0), t0, loader_fails=True),
+        Case("fifo-manifest", _fifo("manifest.json"), "manifest.json", loader_fails=True),
         Case("manifest-symlink-out", _symlink_out("manifest.json"), "manifest.json", loader_fails=True),
         Case(
             "meta-many-cameras",

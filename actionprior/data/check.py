@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from actionprior.data import limits
-from actionprior.data.location import contained
+from actionprior.data.location import contained, open_local
 from actionprior.data.safe_json import read_json_file
 from actionprior.data.schema import (
     FRAME_FIELD,
@@ -214,7 +214,7 @@ def _check_shard(
 def _samples(path: Path, report: _Report) -> Iterator[tuple[str, dict[str, Any]]]:
     last = ""
     try:
-        with open(path, "rb") as stream:
+        with open_local(path) as stream:
             for sample in iter_tar_samples(stream, str(path)):
                 last = sample["__key__"]
                 yield last, sample

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,5 +67,18 @@ def open_file(location: str | Path, name: str) -> BinaryIO:
         raise DataError(
             f"{url}: resolves outside the dataset folder {location} (a symlink); refusing to read it"
         )
-    fd = os.open(url, os.O_RDONLY)
-    return os.fdopen(fd, "rb")
+    return open_local(url)
+
+
+def open_local(path: str | Path) -> BinaryIO:
+    """Open a local file for reading; refuses anything but a regular file (a FIFO would block forever, a
+    device would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path}: not a regular file; refusing to read it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

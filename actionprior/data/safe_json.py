@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from actionprior.data.limits import MAX_JSON_DEPTH
+from actionprior.data.location import open_local
 from actionprior.data.schema import DataError
 
 # A JSON string (skipped as a whole, so brackets inside strings do not count) or a bracket. An unterminated
@@ -79,7 +80,7 @@ def read_bounded(stream: BinaryIO, where: str, max_bytes: int) -> bytes:
 def read_json_file(path: str | Path, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Bounded JSON from a local file; missing or unreadable files raise DataError too."""
     try:
-        with open(path, "rb") as f:
+        with open_local(path) as f:
             data = read_bounded(f, str(path), max_bytes)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None

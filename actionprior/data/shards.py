@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from actionprior.data.location import contained, file_url, is_remote
+from actionprior.data.location import contained, file_url, is_remote, open_local
 from actionprior.data.schema import (
     DataError,
     Episode,
@@ -82,7 +82,7 @@ def _open_shard(url: str) -> BinaryIO:
         import webdataset as wds
 
         return wds.gopen(url, "rb")
-    return open(url, "rb")
+    return open_local(url)
 
 
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:
