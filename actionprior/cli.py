@@ -4,11 +4,15 @@ Training subcommands (``fit``, ``validate``, ``test``, ``predict``) go to the Li
 hyperparameter is a YAML key and a command-line override. Tool subcommands (``data``, ``eval``, ``serve``,
 ``demo``) are small programs of their own; each module is imported only when its subcommand runs, so that
 ``actionprior data check`` does not pay for importing transformers or the simulators.
+
+A refusal (bad data, config, checkpoint, ...) ends in one line ``actionprior: <message>`` and exit status 2;
+``actionprior --debug ...`` or ``ACTIONPRIOR_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -48,7 +52,7 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
 
 def _usage() -> str:
     lines = [
-        "usage: actionprior <command> [args]",
+        "usage: actionprior [--debug] <command> [args]",
         "",
         "training (LightningCLI; see `actionprior fit --help`):",
     ]
@@ -58,8 +62,53 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# Error classes whose message is the whole story for a user. Looked up only in modules already imported
+# (an error can only come from a module that is loaded), so the wrapper imports nothing itself. Most
+# derive from ValueError, caught anyway; they are listed so that the contract is explicit.
+_KNOWN_ERRORS: dict[str, tuple[str, ...]] = {
+    "actionprior.data.schema": ("DataError",),
+    "actionprior.embodiments": ("EmbodimentError",),
+    "actionprior.checkpoint": ("CheckpointError",),
+    "actionprior.training.strategies": ("StrategyError",),
+    "actionprior.inference.policy": ("PolicyCheckpointError",),
+    "actionprior.inference.client": ("PolicyServerError",),
+    "actionprior.sim.base": ("SimError",),
+    "actionprior.evaluation.rollout": ("RolloutError",),
+}
+_BUILTIN_REFUSALS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    classes: list[type[BaseException]] = list(_BUILTIN_REFUSALS)
+    for module, names in _KNOWN_ERRORS.items():
+        loaded = sys.modules.get(module)
+        classes += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
+    return tuple(classes)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the last line is the error
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())[:2000]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("ACTIONPRIOR_DEBUG", "") not in ("", "0")
+    if argv and argv[0] == "--debug":
+        argv, debug = argv[1:], True
+    try:
+        return _dispatch(argv)
+    except Exception as exc:
+        if debug or not isinstance(exc, _known_errors()):
+            raise
+        print(f"actionprior: {_one_line(exc)}", file=sys.stderr)  # --debug shows the traceback
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -74,13 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv == sys.argv[1:]:
             sys.argv[1:] = expanded  # LightningCLI (and a DDP relaunch) read the process's own argv
         from actionprior.training.lightning_cli import run
-        from actionprior.training.strategies import StrategyError
 
-        try:
-            run(expanded)
-        except StrategyError as exc:
-            print(f"actionprior: {exc}", file=sys.stderr)
-            return 2
+        run(expanded)
         return 0
     for path, (module, function, _) in TOOLS.items():
         if tuple(argv[: len(path)]) == path:

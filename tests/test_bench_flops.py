@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from actionprior.models.backbones import VLMBackbone
 
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.backbones import VLMBackbone
 from actionprior.models.vla import VLA
 from benchmarks import flops
 from benchmarks.synthetic_batches import make_batch

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from actionprior.data import limits
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -27,7 +33,13 @@ STATS_FILE = "stats.json"
 TRAJ_PREFIX = "traj-"
 OBS_PREFIX = "obs-"
 META_REQUIRED = ("embodiment", "task", "instruction", "success", "control_rate_hz", "length")
-FRAME_FIELD = re.compile(r"^(?P<camera>[A-Za-z0-9_]+)\.(?P<t>\d{5})\.png$")
+FRAME_FIELD = re.compile(r"^(?P<camera>[A-Za-z0-9_]+)\.(?P<t>\d{5})\.png\Z")
+# A file name inside a dataset folder as the manifest may spell it: one plain path component, no scheme,
+# no shell metacharacters (it may be substituted into a user's `pipe:` template), not '.' or '..'.
+SAFE_FILE_NAME = re.compile(
+    r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z"
+)  # \Z: "$" also matches before a final newline
+NUMERIC_KINDS = frozenset("biuf")
 
 
 class DataError(ValueError):
@@ -95,17 +107,38 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def decode_npy(data: bytes, where: str) -> np.ndarray:
+    """A numeric ``.npy`` array; the header's shape must agree with the byte count before anything is
+    allocated (``np.load`` on a forged header would reserve the declared size first)."""
+    buf = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for corrupt bytes
-        raise DataError(f"{where}: cannot decode .npy field ({exc})") from exc
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:  # numpy raises several types for corrupt headers
+        raise DataError(f"{where}: cannot decode .npy field ({str(exc)[:200]})") from None
+    if dtype.kind not in NUMERIC_KINDS or dtype.hasobject:
+        raise DataError(f"{where}: .npy dtype {dtype} is not numeric")
+    if len(shape) > 8:
+        raise DataError(f"{where}: .npy array has {len(shape)} dimensions")
+    count = math.prod(shape)
+    body = len(data) - buf.tell()
+    if count * dtype.itemsize != body:
+        raise DataError(
+            f"{where}: .npy header declares {dtype} {list(shape)} ({count * dtype.itemsize} bytes) "
+            f"but holds {body} bytes"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell())
+    return array.reshape(shape, order="F" if fortran else "C").copy()
 
 
 def decode_json(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{where}: cannot decode meta.json ({exc})") from exc
+    from actionprior.data.safe_json import loads_bounded
+
+    value = loads_bounded(data, where, limits.MAX_META_BYTES)
     if not isinstance(value, dict):
         raise DataError(f"{where}: meta.json must hold an object")
     return value
@@ -119,14 +152,44 @@ def encode_png(frame: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes, where: str) -> np.ndarray:
+@contextmanager
+def _quiet_bomb_warning() -> Iterator[None]:
+    """PIL warns about large images at open; our own cap (checked next) decides, in one line."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def png_size(data: bytes, where: str) -> tuple[int, int]:
+    """``(width, height)`` from the PNG header, without decoding pixels."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+        with _quiet_bomb_warning(), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            return img.size
     except Exception as exc:
-        raise DataError(f"{where}: cannot decode PNG frame ({exc})") from exc
+        raise DataError(f"{where}: cannot decode PNG frame ({str(exc)[:200]})") from None
+
+
+def decode_png(data: bytes, where: str) -> np.ndarray:
+    """An RGB frame; the header's size is checked against ``MAX_IMAGE_PIXELS`` before decoding."""
+    from PIL import Image
+
+    try:
+        with _quiet_bomb_warning(), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            width, height = img.size
+            if width * height > limits.MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{where}: PNG declares {width}x{height} pixels, over the cap of "
+                    f"{limits.MAX_IMAGE_PIXELS} pixels"
+                )
+            return np.asarray(img.convert("RGB"))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: cannot decode PNG frame ({str(exc)[:200]})") from None
 
 
 def frame_field(camera: str, t: int) -> str:
@@ -148,6 +211,69 @@ def episode_to_samples(episode: Episode) -> tuple[dict[str, Any], dict[str, Any]
     return traj, obs
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """``repr`` of an untrusted value for an error message, cut to ``limit`` characters."""
+    text = repr(value) if not isinstance(value, dict | list) else f"<{type(value).__name__} of {len(value)}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_file_name(value: Any, what: str) -> str:
+    """A shard or file name from the manifest: one plain relative name inside the dataset folder."""
+    if not isinstance(value, str) or not SAFE_FILE_NAME.match(value) or ".." in value:
+        raise DataError(
+            f"{what} {show(value)} is not a plain file name inside the dataset folder "
+            "(letters, digits, '_', '.', '-'; no '/', '..', ':' or spaces)"
+        )
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def meta_problems(meta: Mapping[str, Any]) -> list[str]:
+    """Type errors of a sample's meta.json (keys present), one message each."""
+    out = []
+    for key in ("embodiment", "task", "instruction"):
+        if key in meta and not isinstance(meta[key], str):
+            out.append(f"meta.json '{key}' must be a string, got {show(meta[key])}")
+    if "success" in meta and not isinstance(meta["success"], bool):
+        out.append(f"meta.json 'success' must be true or false, got {show(meta['success'])}")
+    rate = meta.get("control_rate_hz")
+    if "control_rate_hz" in meta and (
+        not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0
+    ):
+        out.append(f"meta.json 'control_rate_hz' must be a positive number, got {show(rate)}")
+    length = meta.get("length")
+    if "length" in meta and (not _is_int(length) or not 1 <= length <= limits.MAX_EPISODE_LENGTH):
+        out.append(
+            f"meta.json 'length' must be an integer in [1, {limits.MAX_EPISODE_LENGTH}], got {show(length)}"
+        )
+    cameras = meta.get("cameras", [])
+    if (
+        not isinstance(cameras, list)
+        or len(cameras) > limits.MAX_CAMERAS
+        or not all(isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", c) for c in cameras)
+    ):
+        out.append(f"meta.json 'cameras' must be a list of camera names, got {show(cameras)}")
+    return out
+
+
+def value_problem(label: str, arr: np.ndarray, max_abs: float | None = limits.MAX_ABS_VALUE) -> str | None:
+    """Why ``arr`` is unusable (NaN/Inf, or beyond the ``MAX_ABS_VALUE`` sanity cap), or None."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        t, d = np.argwhere(bad)[0][:2] if arr.ndim >= 2 else (np.argwhere(bad)[0][0], 0)
+        return f"{label} has {int(bad.sum())} NaN/Inf values (first at t={t}, dim={d})"
+    if max_abs is not None and arr.size and float(np.abs(arr).max()) > max_abs:
+        t, d = np.argwhere(np.abs(arr) > max_abs)[0][:2] if arr.ndim >= 2 else (0, 0)
+        return (
+            f"{label} has values beyond +-{max_abs:g} (first at t={t}, dim={d}); "
+            "limits.MAX_ABS_VALUE is the sanity cap"
+        )
+    return None
+
+
 def decode_trajectory(sample: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Decode and validate the trajectory fields of a raw sample (bytes values)."""
     for name in ("state.npy", "action.npy", "meta.json"):
@@ -159,11 +285,127 @@ def decode_trajectory(sample: dict[str, Any], where: str) -> tuple[np.ndarray, n
     missing = [k for k in META_REQUIRED if k not in meta]
     if missing:
         raise DataError(f"{where}: meta.json is missing {missing}")
+    problems = meta_problems(meta)
+    if problems:
+        raise DataError(f"{where}: {problems[0]}")
     for name, arr in (("state", state), ("action", action)):
-        if arr.dtype != np.float32 or arr.ndim != 2:
-            raise DataError(f"{where}: {name} must be float32 [T, D], got {arr.dtype} {arr.shape}")
+        if arr.dtype != np.float32 or arr.ndim != 2 or not 0 < arr.shape[1] <= limits.MAX_DIM:
+            raise DataError(f"{where}: {name} must be float32 [T, D], got {arr.dtype} {list(arr.shape)}")
     if len(state) != len(action) or len(state) != meta["length"]:
         raise DataError(
             f"{where}: lengths disagree (state {len(state)}, action {len(action)}, meta {meta['length']})"
         )
+    for name, arr in (("state", state), ("action", action)):
+        problem = value_problem(name, arr)
+        if problem:
+            raise DataError(f"{where}: {problem}")
     return state, action, meta
+
+
+def spec_problems(name: Any, spec: Any) -> list[str]:
+    where = f"embodiments.{show(name, 40)}"
+    if not isinstance(spec, dict):
+        return [f"{where} must be an object, got {show(spec)}"]
+    out = []
+    for key in ("state_names", "action_names"):
+        value = spec.get(key)
+        if not isinstance(value, list) or not 0 < len(value) <= limits.MAX_DIM:
+            out.append(f"{where}.{key} must be a non-empty list of names, got {show(value)}")
+        elif not all(isinstance(v, str) for v in value):
+            out.append(f"{where}.{key} must hold strings only")
+    cameras = spec.get("cameras", [])
+    if (
+        not isinstance(cameras, list)
+        or len(cameras) > limits.MAX_CAMERAS
+        or not all(isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", c) for c in cameras)
+    ):
+        out.append(
+            f"{where}.cameras must be a list of camera names (letters, digits, '_'), got {show(cameras)}"
+        )
+    for key in ("gripper_state_dims", "gripper_action_dims"):
+        value = spec.get(key, [])
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            out.append(f"{where}.{key} must be a list of integers, got {show(value)}")
+    rate = spec.get("control_rate_hz")
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate < 1e6:
+        out.append(f"{where}.control_rate_hz must be a positive number, got {show(rate)}")
+    if spec.get("name") != name:
+        out.append(f"{where}.name is {show(spec.get('name'))}, expected the key {show(name)}")
+    for key in ("control_mode", "description"):
+        if key in spec and not isinstance(spec[key], str):
+            out.append(f"{where}.{key} must be a string, got {show(spec[key])}")
+    if "sim" in spec and not isinstance(spec["sim"], dict):
+        out.append(f"{where}.sim must be an object, got {show(spec['sim'])}")
+    return out
+
+
+def _episode_entry_problems(shard: str, index: int, entry: Any) -> list[str]:
+    where = f"shard '{shard}' episodes[{index}]"
+    if not isinstance(entry, dict):
+        return [f"{where} must be an object, got {show(entry)}"]
+    out = []
+    key = entry.get("key")
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", key):
+        out.append(f"{where}.key must be a name of letters, digits, '_' and '-', got {show(key)}")
+    if not isinstance(entry.get("embodiment"), str):
+        out.append(f"{where}.embodiment must be a string, got {show(entry.get('embodiment'))}")
+    length = entry.get("length")
+    if not _is_int(length) or not 1 <= length <= limits.MAX_EPISODE_LENGTH:
+        out.append(
+            f"{where}.length must be an integer in [1, {limits.MAX_EPISODE_LENGTH}], got {show(length)}"
+        )
+    return out
+
+
+def manifest_problems(manifest: Any) -> list[str]:
+    """Structural problems of a parsed manifest.json, one message each (empty when readers can trust the
+    types and names it holds). Readers raise the first; ``data check`` reports them all."""
+    if not isinstance(manifest, dict):
+        return [f"manifest must be a JSON object, got {show(manifest)}"]
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        return [
+            f"schema_version {show(manifest.get('schema_version'))}, this actionprior reads {SCHEMA_VERSION}"
+        ]
+    out = []
+    embodiments = manifest.get("embodiments")
+    if not isinstance(embodiments, dict) or not embodiments:
+        out.append(f"'embodiments' must be a non-empty object of specs, got {show(embodiments)}")
+    else:
+        for name, spec in embodiments.items():
+            out += spec_problems(name, spec)
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return [*out, f"'shards' must be a list, got {show(shards)}"]
+    for i, shard in enumerate(shards):
+        out += shard_problems(i, shard)
+    return out
+
+
+def shard_label(index: int, shard: Any) -> str:
+    name = shard.get("name") if isinstance(shard, dict) else None
+    return name if isinstance(name, str) and SAFE_FILE_NAME.match(name) else f"#{index}"
+
+
+def shard_problems(index: int, shard: Any) -> list[str]:
+    """Problems of one entry of the manifest's ``shards`` list (names, episode entries, counts' types)."""
+    if not isinstance(shard, dict):
+        return [f"shards[{index}] must be an object, got {show(shard)}"]
+    out = []
+    label = shard_label(index, shard)
+    if label != shard.get("name"):
+        out.append(f"shards[{index}].name must be a plain name, got {show(shard.get('name'))}")
+    for field_ in ("traj", "obs"):
+        try:
+            check_file_name(shard.get(field_), f"shard '{label}' {field_}")
+        except DataError as exc:
+            out.append(str(exc))
+    episodes = shard.get("episodes")
+    if not isinstance(episodes, list):
+        out.append(f"shard '{label}' episodes must be a list, got {show(episodes)}")
+    else:
+        for j, entry in enumerate(episodes):
+            out += _episode_entry_problems(label, j, entry)
+    for key in ("num_episodes", "num_transitions"):
+        if not _is_int(shard.get(key)):
+            out.append(f"shard '{label}' {key} must be an integer, got {show(shard.get(key))}")
+    return out

@@ -1,9 +1,10 @@
 """Shard files of a dataset: which to read for a view and split, and their raw and decoded samples.
 
-Shards are plain WebDataset tars (written by ``wds.TarWriter``) read by :mod:`actionprior.data.tario`,
+Shards are plain WebDataset tars (written by ``wds.TarWriter``) streamed by :mod:`actionprior.data.tario`,
 which groups members into samples with WebDataset's key rule but parses headers ~10x faster than
 ``tarfile``. Fields are decoded with :mod:`actionprior.data.schema` (``allow_pickle=False``); WebDataset's
-``.decode()`` is never used because its default handlers can unpickle.
+``.decode()`` is never used because its default handlers can unpickle. Shard names come from the
+manifest (untrusted) and are combined with the user's dataset path only by :mod:`actionprior.data.location`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
-import webdataset as wds
 
-from actionprior.data.schema import DataError, Episode, decode_png, decode_trajectory, frame_field
+from actionprior.data.location import contained, file_url, is_remote, open_local
+from actionprior.data.schema import (
+    DataError,
+    Episode,
+    check_file_name,
+    decode_png,
+    decode_trajectory,
+    frame_field,
+    show,
+)
 from actionprior.data.splits import Split, in_split
 from actionprior.data.tario import iter_tar_samples
 from actionprior.data.writer import load_manifest
@@ -44,33 +53,59 @@ def shard_source(
     weight: float = 1.0,
     manifest: dict[str, Any] | None = None,
 ) -> ShardSource:
-    directory = Path(directory)
+    """The shards of one view holding episodes of ``split``. ``directory`` is the dataset path as the user
+    wrote it: a local directory, or a ``{name}`` template / URL base (see :mod:`actionprior.data.location`).
+    """
+    location = directory if is_remote(directory) else Path(directory)
     manifest = manifest if manifest is not None else load_manifest(directory)
     field = "traj" if view == "trajectory" else "obs"
     urls, episodes, transitions = [], 0, 0
     for shard in manifest["shards"]:
         chosen = [e for e in shard["episodes"] if in_split(e["key"], split, val_fraction)]
         if chosen:
-            urls.append(str(directory / shard[field]))
+            name = check_file_name(shard[field], f"{directory}/manifest.json: shard '{field}'")
+            if not is_remote(location) and not contained(location, name):
+                raise DataError(
+                    f"{directory}/{name}: resolves outside the dataset folder (a symlink); refusing to read it"
+                )
+            urls.append(file_url(location, name))
             episodes += len(chosen)
             transitions += sum(int(e["length"]) for e in chosen)
     return ShardSource(str(directory), float(weight), tuple(urls), episodes, transitions)
 
 
 def _open_shard(url: str) -> BinaryIO:
-    # One place where shard files are opened (tests record the URLs here). WebDataset's gopen reads local
-    # paths as well as its stream URLs (``pipe:aws s3 cp s3://bucket/traj-0.tar -``, http(s), ...).
-    return wds.gopen(url, "rb")
+    # One place where shard files are opened (tests record the URLs here). URLs are built by shard_source
+    # from a validated shard name: a local path is opened with open() (never a URL opener, so no name can
+    # become a command); a user-written template or URL base goes through WebDataset's gopen.
+    if is_remote(url):
+        import webdataset as wds
+
+        return wds.gopen(url, "rb")
+    return open_local(url)
 
 
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Raw samples (``__key__`` plus bytes per field) of one tar, with a clear error for broken tars."""
+    """Raw samples (``__key__`` plus bytes per field) of one tar, streamed, with a clear error for broken
+    tars (the reader holds at most one sample; see :mod:`actionprior.data.limits`)."""
     try:
-        with _open_shard(url) as stream:
-            data = stream.read()
+        stream = _open_shard(url)
     except OSError as exc:
-        raise DataError(f"{url}: cannot read shard ({exc})") from exc
-    yield from iter_tar_samples(data, url, verify=False)
+        raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
+    failed = True
+    try:
+        yield from iter_tar_samples(stream, url, verify=False)
+        failed = False
+    except OSError as exc:
+        raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
+    finally:
+        # A pipe reports its command's exit status on close. After a refusal (or a consumer that stopped
+        # early) that status would only hide the real message, so it counts only after a clean read.
+        try:
+            stream.close()
+        except Exception as exc:
+            if not failed:
+                raise DataError(f"{url}: the stream failed on close ({show(str(exc), 200)})") from None
 
 
 def decode_sample(
@@ -81,7 +116,7 @@ def decode_sample(
     state, action, meta = decode_trajectory(sample, where)
     name = meta["embodiment"]
     if name not in registry:
-        raise DataError(f"{where}: embodiment '{name}' is not in the registry {registry.names}")
+        raise DataError(f"{where}: embodiment {show(name)} is not in the registry {registry.names}")
     spec = registry[name]
     if state.shape[1] != spec.state_dim or action.shape[1] != spec.action_dim:
         raise DataError(
@@ -109,7 +144,10 @@ def iter_episodes(
             if with_frames:
                 where = f"{url}:{sample['__key__']}"
                 for cam in meta.get("cameras", []):
-                    frames[cam] = np.stack([_frame(sample, cam, t, where) for t in range(len(state))])
+                    stack = [_frame(sample, cam, t, where) for t in range(len(state))]
+                    if len({f.shape for f in stack}) > 1:
+                        raise DataError(f"{where}: camera '{cam}' has frames of different sizes")
+                    frames[cam] = np.stack(stack)
             extra = {k: v for k, v in meta.items() if k not in Episode.__dataclass_fields__}
             for k in ("length", "cameras", "schema_version"):
                 extra.pop(k, None)

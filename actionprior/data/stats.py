@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from actionprior.data.limits import MAX_ABS_VALUE
+
 STAT_KEYS = ("mean", "std", "q01", "q99", "min", "max")
 
 
@@ -69,3 +71,55 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 )
             merged[name] = value
     return merged
+
+
+def _number_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    )
+
+
+def stats_problems(stats: Any) -> list[str]:
+    """Why statistics cannot normalise anything, one message per embodiment and kind (empty when sound).
+
+    Every value must be finite and within ``MAX_ABS_VALUE`` (the same sanity cap as raw values), every
+    key a list of one number per dim, ``std >= 0``, ``q01 <= q99`` and ``min <= max``: NaN quantiles or
+    ``q99 < q01`` would turn every normalised value into NaN or flip its sign without any error.
+    """
+    if not isinstance(stats, Mapping):
+        return [f"statistics must be an object per embodiment, got {type(stats).__name__}"]
+    out: list[str] = []
+    for name, entry in stats.items():
+        if not isinstance(entry, Mapping):
+            out.append(f"'{str(name)[:60]}': statistics must be an object")
+            continue
+        for kind in ("state", "action"):
+            part = entry.get(kind)
+            where = f"'{str(name)[:60]}' {kind}"
+            if not isinstance(part, Mapping) or not all(_number_list(part.get(k)) for k in STAT_KEYS):
+                out.append(f"{where}: needs lists of numbers for {list(STAT_KEYS)}")
+                continue
+            lengths = {len(part[k]) for k in STAT_KEYS}
+            if len(lengths) != 1 or 0 in lengths:
+                out.append(
+                    f"{where}: {list(STAT_KEYS)} must have one value per dim, got lengths {sorted(lengths)}"
+                )
+                continue
+            arr = {k: np.asarray(part[k], dtype=np.float64) for k in STAT_KEYS}
+            for k, v in arr.items():
+                bad = np.flatnonzero(~np.isfinite(v) | (np.abs(v) > MAX_ABS_VALUE))
+                if bad.size:
+                    out.append(
+                        f"{where} {k}[{bad[0]}] = {v[bad[0]]!r}: not finite or beyond +-{MAX_ABS_VALUE:g}"
+                    )
+                    break
+            else:
+                for low, high in (("q01", "q99"), ("min", "max")):
+                    flipped = np.flatnonzero(arr[high] < arr[low])
+                    if flipped.size:
+                        d = flipped[0]
+                        out.append(f"{where}: {high}[{d}] = {arr[high][d]!r} < {low}[{d}] = {arr[low][d]!r}")
+                negative = np.flatnonzero(arr["std"] < 0)
+                if negative.size:
+                    out.append(f"{where}: std[{negative[0]}] is negative")
+    return out

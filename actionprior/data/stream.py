@@ -32,6 +32,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from actionprior.data.batch import BatchBuilder
+from actionprior.data.limits import MAX_ABS_VALUE
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError
 from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
@@ -156,6 +157,14 @@ class WindowStream(IterableDataset):
         state, action, meta = decode_sample(sample, self.registry)
         name = meta["embodiment"]
         padded = self.batches.pad(name, state, action)
+        # Inf in a shard, or a value the statistics blow up to Inf, would reach the loss silently.
+        # (``not max <= cap`` is also true for NaN.)
+        for label, arr in (("state", padded.state), ("action", padded.action)):
+            if not float(np.abs(arr).max(initial=0.0)) <= MAX_ABS_VALUE:
+                raise DataError(
+                    f"{sample.get('__url__', '?')}:{sample['__key__']}: {label} has NaN/Inf or values beyond "
+                    f"+-{MAX_ABS_VALUE:g} after normalisation; run `actionprior data check` on the dataset"
+                )
         where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
         episode = _PoolEpisode(padded, self.registry.id_of(name), sample["__key__"], where, meta)
         if self.view == "observation":

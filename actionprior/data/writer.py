@@ -15,6 +15,9 @@ from typing import Any
 
 import webdataset as wds
 
+from actionprior.data import limits
+from actionprior.data.location import is_remote, open_file
+from actionprior.data.safe_json import loads_bounded, read_bounded
 from actionprior.data.schema import (
     MANIFEST_FILE,
     OBS_PREFIX,
@@ -25,8 +28,9 @@ from actionprior.data.schema import (
     Episode,
     decode_trajectory,
     episode_to_samples,
+    manifest_problems,
 )
-from actionprior.data.stats import compute_stats, stats_fingerprint
+from actionprior.data.stats import compute_stats, stats_fingerprint, stats_problems
 from actionprior.data.tario import iter_tar_samples
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
@@ -37,25 +41,48 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST_FILE
-    if not path.exists():
-        raise DataError(f"{path}: no manifest; is '{directory}' a dataset written by actionprior?")
+def read_dataset_json(location: str | Path, name: str, max_bytes: int) -> Any:
+    """Bounded JSON file ``name`` of a local or remote dataset (see :mod:`actionprior.data.location`)."""
+    where = f"{location}/{name}" if is_remote(location) else str(Path(location) / name)
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from exc
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{path}: schema_version {version}, this actionprior reads {SCHEMA_VERSION}")
+        with open_file(location, name) as stream:
+            data = read_bounded(stream, where, max_bytes)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    return loads_bounded(data, where, max_bytes)
+
+
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    """The validated manifest of the dataset at ``directory`` (a local directory or a user-written
+    template / URL base); shard names, episode entries and specs are checked before anything uses them."""
+    where = f"{directory}/{MANIFEST_FILE}"
+    try:
+        manifest = read_dataset_json(directory, MANIFEST_FILE, limits.MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise DataError(f"{where}: no manifest; is '{directory}' a dataset written by actionprior?") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run `actionprior data check`)" if len(problems) > 1 else ""
+        raise DataError(f"{where}: {problems[0]}{more}")
     return manifest
 
 
 def load_stats(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / STATS_FILE
-    if not path.exists():
-        raise DataError(f"{path}: no statistics; run `actionprior data stats {directory} --recompute`")
-    return json.loads(path.read_text())["embodiments"]
+    """The validated per-embodiment statistics of a dataset (finite, within the sanity cap, ordered)."""
+    where = f"{directory}/{STATS_FILE}"
+    fix = f"run `actionprior data stats {directory} --recompute`"
+    try:
+        payload = read_dataset_json(directory, STATS_FILE, limits.MAX_STATS_BYTES)
+    except FileNotFoundError:
+        raise DataError(f"{where}: no statistics; {fix}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("embodiments"), dict):
+        raise DataError(f"{where}: must be an object with an 'embodiments' object; {fix}")
+    problems = stats_problems(payload["embodiments"])
+    if problems:
+        raise DataError(f"{where}: {problems[0]}; {fix}")
+    return payload["embodiments"]
 
 
 class DatasetWriter:
@@ -142,18 +169,28 @@ def write_shard_files(directory: str | Path, name: str, episodes: Sequence[Episo
 
 
 def iter_trajectories(directory: Path, manifest: dict[str, Any]) -> Iterable[tuple[str, Any, Any]]:
-    """``(embodiment, state, action)`` of every episode the manifest lists, read from the trajectory shards."""
+    """``(embodiment, state, action)`` of every episode the manifest lists, streamed from the trajectory
+    shards."""
     for shard in manifest["shards"]:
         path = directory / shard["traj"]
-        for sample in iter_tar_samples(path.read_bytes(), str(path)):
-            state, action, meta = decode_trajectory(sample, f"{path}:{sample['__key__']}")
-            yield meta["embodiment"], state, action
+        with open_file(directory, shard["traj"]) as stream:
+            for sample in iter_tar_samples(stream, str(path)):
+                state, action, meta = decode_trajectory(sample, f"{path}:{sample['__key__']}")
+                yield meta["embodiment"], state, action
 
 
 def write_stats(directory: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compute and write ``stats.json``; refuses statistics that are not finite or beyond the sanity cap
+    (``limits.MAX_ABS_VALUE``) rather than writing them, naming the embodiment and dim."""
     directory = Path(directory)
     manifest = manifest or load_manifest(directory)
     stats = compute_stats(iter_trajectories(directory, manifest))
+    problems = stats_problems(stats)
+    if problems:
+        raise DataError(
+            f"{directory}: refusing to write {STATS_FILE}: {problems[0]} (run `actionprior data check {directory}` "
+            "to find the episode)"
+        )
     payload = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": stats_fingerprint(stats),

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 from websockets.sync.client import ClientConnection, connect
 
-from actionprior.inference.protocol import DEFAULT_MAX_MESSAGE_BYTES, decode, encode
+from actionprior.inference.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REPLY_LIMITS,
+    bounded_text,
+    decode,
+    encode,
+)
 
 
 class PolicyServerError(RuntimeError):
@@ -38,11 +44,11 @@ class PolicyClient:
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         self._ws.send(encode(request))
-        reply = decode(self._ws.recv(timeout=self.timeout), self.max_message_bytes)
+        reply = decode(self._ws.recv(timeout=self.timeout), self.max_message_bytes, REPLY_LIMITS)
         if not isinstance(reply, dict) or "ok" not in reply:
             raise PolicyServerError(f"unexpected reply from {self.url}: {reply!r:.200}")
         if not reply["ok"]:
-            raise PolicyServerError(str(reply.get("error", "unknown error")))
+            raise PolicyServerError(bounded_text(str(reply.get("error", "unknown error")), 2000))
         return reply
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
@@ -61,7 +67,7 @@ class PolicyClient:
     def send_raw(self, payload: bytes) -> dict[str, Any]:
         """Send pre-encoded bytes and return the decoded reply without raising (for diagnostics)."""
         self._ws.send(payload)
-        return decode(self._ws.recv(timeout=self.timeout), self.max_message_bytes)
+        return decode(self._ws.recv(timeout=self.timeout), self.max_message_bytes, REPLY_LIMITS)
 
     def close(self) -> None:
         self._ws.close()

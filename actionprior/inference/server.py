@@ -5,6 +5,11 @@ action queue (:meth:`BasePolicy.fork`) while all connections share the weights. 
 against the embodiment spec stored in the checkpoint; a malformed request is answered with an error
 message and the server keeps serving. Binds to 127.0.0.1 unless told otherwise: the server executes
 no code from clients, but it is an unauthenticated endpoint that drives a robot.
+
+Abuse bounds: a request is size-checked and parsed under :data:`~protocol.REQUEST_LIMITS` (a map of
+300,000 keys is refused from its header); error replies and log lines are cut to a few hundred characters
+and never echo a client's input in full; rejected-request warnings are rate-limited (a count of the
+suppressed ones is logged instead), so neither the log nor the memory grows with an abuser's traffic.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from actionprior.inference.observation import ObservationError
 from actionprior.inference.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ProtocolError,
+    bounded_text,
     decode,
     encode,
     error_reply,
@@ -33,6 +39,43 @@ from actionprior.inference.protocol import (
 log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+MAX_LOGGED_CHARS = 200
+# websockets logs every connection at INFO; a client reconnecting in a loop would fill the log. Our own
+# rate-limited lines report connections instead.
+_WEBSOCKETS_LOG = logging.getLogger(f"{__name__}.websockets")
+_WEBSOCKETS_LOG.setLevel(logging.WARNING)
+
+
+class RateLimitedLog:
+    """At most ``per_interval`` lines per ``interval_s`` (all connections together); the lines dropped
+    meanwhile are counted and reported with the next line that gets through."""
+
+    def __init__(self, logger: logging.Logger, per_interval: int = 10, interval_s: float = 10.0):
+        self.logger, self.per_interval, self.interval_s = logger, per_interval, interval_s
+        self._lock = threading.Lock()
+        self._window_start = time.monotonic()
+        self._emitted = 0
+        self.suppressed = 0  # since the last line that got through
+
+    def warning(self, message: str) -> bool:
+        return self.log(logging.WARNING, message)
+
+    def info(self, message: str) -> bool:
+        return self.log(logging.INFO, message)
+
+    def log(self, level: int, message: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self.interval_s:
+                self._window_start, self._emitted = now, 0
+            if self._emitted >= self.per_interval:
+                self.suppressed += 1
+                return False
+            self._emitted += 1
+            dropped, self.suppressed = self.suppressed, 0
+        suffix = f" ({dropped} similar messages suppressed)" if dropped else ""
+        self.logger.log(level, "%s%s", bounded_text(message, MAX_LOGGED_CHARS), suffix)
+        return True
 
 
 class PolicyServer:
@@ -47,6 +90,8 @@ class PolicyServer:
     ):
         self.policy = policy
         self.max_message_bytes = max_message_bytes
+        self.rejections = RateLimitedLog(log)
+        self.connections = RateLimitedLog(log, per_interval=20)  # a client reconnecting in a loop
         # The model is shared by all connections; one forward at a time keeps results deterministic
         # and memory bounded (CPU inference is already multi-threaded inside torch).
         self._model_lock = threading.Lock()
@@ -58,6 +103,7 @@ class PolicyServer:
             port,
             max_size=2 * max_message_bytes + 1024 * 1024,
             compression=None,
+            logger=_WEBSOCKETS_LOG,
         )
         self.host = host
         self.port = self._server.socket.getsockname()[1]
@@ -88,13 +134,13 @@ class PolicyServer:
     def _handle_connection(self, ws: ServerConnection) -> None:
         policy = self.policy.fork()
         peer = ws.remote_address  # read now: the socket is gone once the client has left
-        log.info("client connected: %s", peer)
+        self.connections.info(f"client connected: {peer}")
         try:
             for message in ws:
                 ws.send(encode(self.handle_message(policy, message)))
         except ConnectionClosed:
             pass
-        log.info("client disconnected: %s", peer)
+        self.connections.info(f"client disconnected: {peer}")
 
     def handle_message(self, policy: BasePolicy, message: bytes | str) -> dict[str, Any]:
         """One request → one reply. Never raises: every failure becomes an error reply."""
@@ -123,8 +169,9 @@ class PolicyServer:
                 return {"ok": True, "info": policy.describe()}
             raise ProtocolError(f"unknown request type '{kind}'; expected 'act', 'reset' or 'info'")
         except (ProtocolError, ObservationError) as exc:
-            log.warning("rejected request: %s", exc)
-            return error_reply(str(exc))
+            message = str(exc)
+            self.rejections.warning(f"rejected request: {message}")
+            return error_reply(message)
         except Exception as exc:  # a bug or a model failure must not take the server down
             log.exception("internal error while handling a request")
             return error_reply(f"internal server error: {type(exc).__name__}: {exc}")

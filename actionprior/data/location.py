@@ -1,0 +1,84 @@
+"""Where a dataset lives, as the user wrote it, and how a (validated) file name inside it is opened.
+
+The dataset path in a config or on the command line is trusted (the user chose it); file names read from
+inside the dataset (the manifest's shard names) are not. The two only meet here:
+
+* a local directory ``data/sim``: file ``traj-0.tar`` is ``data/sim/traj-0.tar``, opened with ``open()``
+  (never through a URL opener) and refused if it resolves outside the directory (a symlink out);
+* a template with ``{name}``: ``pipe:aws s3 cp s3://bucket/ds/{name} -`` or ``https://host/ds/{name}``;
+  the name is substituted and the result opened with WebDataset's ``gopen`` (pipes, http(s), ...);
+* a URL base ``https://host/ds`` (any ``scheme://``): the same as ``https://host/ds/{name}``.
+
+Names are checked by :func:`~actionprior.data.schema.check_file_name` before they are combined (one plain
+component: letters, digits, ``_.-``; no ``/``, ``..``, ``:``, spaces or shell metacharacters), so a
+manifest can neither run a command, reach another host nor leave the dataset folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from actionprior.data.schema import DataError, check_file_name
+
+_URL_BASE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_remote(location: str | Path) -> bool:
+    """A user-written stream source (template or URL base) rather than a local directory."""
+    text = str(location)
+    return "{name}" in text or text.startswith("pipe:") or bool(_URL_BASE.match(text))
+
+
+def file_url(location: str | Path, name: str) -> str:
+    """The path or URL of file ``name`` (validated) of the dataset at ``location``."""
+    check_file_name(name, f"{location}: file name")
+    text = str(location)
+    if "{name}" in text:
+        return text.replace("{name}", name)
+    if text.startswith("pipe:"):
+        raise DataError(
+            f"dataset path {text!r}: a pipe: source must say where the file name goes with {{name}}, "
+            "e.g. 'pipe:aws s3 cp s3://bucket/dataset/{name} -'"
+        )
+    if _URL_BASE.match(text):
+        return text.rstrip("/") + "/" + name
+    return str(Path(text) / name)
+
+
+def contained(location: str | Path, name: str) -> bool:
+    """Whether local file ``name`` resolves inside the directory (False for a symlink that leaves it)."""
+    directory = Path(location).resolve()
+    target = (directory / name).resolve()
+    return target.parent == directory or directory in target.parents
+
+
+def open_file(location: str | Path, name: str) -> BinaryIO:
+    """Open file ``name`` of a dataset for reading, local or remote (see module doc)."""
+    url = file_url(location, name)
+    if is_remote(location):
+        import webdataset as wds
+
+        return wds.gopen(url, "rb")
+    if not contained(location, name):
+        raise DataError(
+            f"{url}: resolves outside the dataset folder {location} (a symlink); refusing to read it"
+        )
+    return open_local(url)
+
+
+def open_local(path: str | Path) -> BinaryIO:
+    """Open a local file for reading; refuses anything but a regular file (a FIFO would block forever, a
+    device would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path}: not a regular file; refusing to read it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
