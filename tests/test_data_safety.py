@@ -252,7 +252,7 @@ def test_stream_refuses_an_episode_that_normalises_to_nan(synthetic_dataset) -> 
         def normalize(self, embodiment, kind, x):
             return np.full_like(x, np.nan) if kind == "action" else x
 
-    stream.normalizer = Broken()
+    stream.batches.normalizer = Broken()  # the batch contract normalises (data/batch.py)
     sample = next(iter_shard(str(synthetic_dataset.path / "traj-00000.tar")))
     with pytest.raises(DataError, match=rf"traj-00000\.tar:{sample['__key__']}: action has NaN/Inf"):
         stream._decode(sample, np.random.default_rng(0))

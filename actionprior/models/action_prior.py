@@ -91,6 +91,13 @@ class ActionPriorConfig:
         bound.check_dims()
         return bound
 
+    @classmethod
+    def for_embodiments(
+        cls, registry: EmbodimentRegistry, chunk_len: int = 16, **settings: Any
+    ) -> ActionPriorConfig:
+        """``ActionPriorConfig(**settings).bind(registry, chunk_len)``."""
+        return cls(**settings).bind(registry, chunk_len)
+
     def __post_init__(self) -> None:
         problems = self._setting_problems()
         if problems:
