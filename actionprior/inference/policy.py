@@ -75,9 +75,21 @@ class Policy(BasePolicy):
         return cls.from_pretrained(source, **kwargs)
 
     @classmethod
-    def from_checkpoint(
+    def from_checkpoint(cls, path: str | Path, **options: Any) -> Policy:
+        """The policy of a Stage 2 checkpoint file; ``options`` as for :meth:`from_stored`."""
+        return cls.from_stored(StoredCheckpoint.read(path).expect_stage(2, "a policy"), **options)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **options: Any) -> Policy:
+        """A policy from a folder written by ``actionprior export`` (or a hub repository holding one);
+        ``options`` as for :meth:`from_stored`."""
+        return cls.from_stored(read_exported(name_or_path), **options)
+
+    @classmethod
+    def from_stored(
         cls,
-        path: str | Path,
+        stored: StoredCheckpoint,
+        *,
         device: str | torch.device = "cpu",
         replan_every: int | None = None,
         sample_steps: int | None = None,
@@ -87,64 +99,11 @@ class Policy(BasePolicy):
         seed: int = 0,
         compile_decoder: bool = False,
     ) -> Policy:
-        """Rebuild the VLA of a Stage 2 checkpoint with its embodiments, normaliser and camera order.
+        """Rebuild the VLA with its embodiments, normaliser and camera order.
 
         ``expected_stats`` (a fingerprint or a ``stats.json``) makes the policy refuse a checkpoint trained
         on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks.
         """
-        stored = StoredCheckpoint.read(path).expect_stage(2, "a policy")
-        return cls._from_stored(
-            stored,
-            device,
-            replan_every,
-            sample_steps,
-            expected_stats,
-            image_size,
-            history_len,
-            seed,
-            compile_decoder,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        device: str | torch.device = "cpu",
-        replan_every: int | None = None,
-        sample_steps: int | None = None,
-        expected_stats: str | Path | None = None,
-        image_size: int | None = None,
-        history_len: int | None = None,
-        seed: int = 0,
-        compile_decoder: bool = False,
-    ) -> Policy:
-        """A policy from a folder written by ``actionprior export`` (or a hub repository holding one)."""
-        stored = read_exported(name_or_path)
-        return cls._from_stored(
-            stored,
-            device,
-            replan_every,
-            sample_steps,
-            expected_stats,
-            image_size,
-            history_len,
-            seed,
-            compile_decoder,
-        )
-
-    @classmethod
-    def _from_stored(
-        cls,
-        stored: StoredCheckpoint,
-        device: str | torch.device,
-        replan_every: int | None,
-        sample_steps: int | None,
-        expected_stats: str | Path | None,
-        image_size: int | None,
-        history_len: int | None,
-        seed: int,
-        compile_decoder: bool = False,
-    ) -> Policy:
         source = stored.source
         try:
             vla = stored.build_vla()
