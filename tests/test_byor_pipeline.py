@@ -19,7 +19,9 @@ from actionprior.data.normalization import Normalizer
 from actionprior.data.synthetic import write_synthetic_dataset
 from actionprior.data.writer import load_manifest, load_stats
 from actionprior.embodiments import EmbodimentRegistry
+from actionprior.inference.client import PolicyClient
 from actionprior.inference.policy import Policy
+from actionprior.inference.server import PolicyServer
 
 pytestmark = pytest.mark.slow  # four tiny training runs: ~30 s on 2 CPU cores
 
@@ -115,3 +117,21 @@ def test_bring_your_own_robot(tmp_path: Path, capsys, caplog) -> None:
     own_units = Normalizer(load_stats(franka), imported).unnormalize("franka_sim", "action", normalised)
     np.testing.assert_allclose(action, own_units[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(own_units[0], normalised[0])  # the statistics are not the identity
+
+    # 6. export and serve: the exported folder and the policy server give the same actions
+    exported = tmp_path / "exported"
+    assert actionprior_main(["export", "--ckpt", str(vla), "--out", str(exported)]) == 0
+    policy.reset()
+    local = [policy.act(obs) for _ in range(2)]
+    with (
+        PolicyServer(Policy.load(exported, seed=3), port=0) as server,
+        PolicyClient(server.url) as client,
+    ):
+        assert client.info()["embodiments"]["franka_sim"] == {
+            "state_dim": 8,
+            "action_dim": 7,
+            "cameras": ["front", "wrist"],
+        }
+        client.reset()
+        for expected in local:
+            np.testing.assert_array_equal(client.act(obs), expected)
