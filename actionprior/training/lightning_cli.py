@@ -192,8 +192,22 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     return stage1
 
 
+def show_info_logs() -> None:
+    """Print the ``actionprior`` loggers' INFO lines (what was loaded from where, which robots start fresh),
+    like Lightning's own; without a handler Python would show warnings only."""
+    logger = logging.getLogger("actionprior")
+    if not any(getattr(h, "_actionprior_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._actionprior_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Run a LightningCLI subcommand, e.g. ``run(["fit", "-c", "configs/stage1.yaml"])``."""
+    show_info_logs()
     # Imported here so that `actionprior --help` and the tool subcommands stay fast.
     from actionprior.data.datamodule import ActionPriorDataModule
 
