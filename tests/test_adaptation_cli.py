@@ -76,7 +76,7 @@ def test_init_from_adds_the_new_robot_and_resume_keeps_the_statistics(data, base
     assert resumed["actionprior"]["normalization_fingerprint"] == adapted.normalizer.fingerprint
 
 
-def test_data_module_keeps_the_checkpoint_statistics_only_for_robots_it_knows(data, base):
+def test_data_module_keeps_the_checkpoint_statistics_only_for_robots_it_knows(data, base, tmp_path):
     synth, franka = data
     plain = ActionPriorDataModule([str(synth), str(franka)], chunk_len=4, val_fraction=0)
     kept = ActionPriorDataModule(
