@@ -25,6 +25,7 @@ import torch
 from actionprior.data.normalization import Normalizer
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.adaptation import adaptation_problems
 
 CHECKPOINT_KEY = "actionprior"
 FORMAT_VERSION = 2
@@ -117,6 +118,36 @@ def check_compatible(stored: Mapping[str, Any], source: str, **kwargs: Any) -> N
     if problems:
         listing = "; ".join(problems)
         raise CheckpointMismatchError(f"{source} is incompatible with this configuration: {listing}")
+
+
+def check_adaptable(
+    stored: StoredCheckpoint,
+    source: str,
+    registry: EmbodimentRegistry,
+    config: ActionPriorConfig,
+    normalizer: Normalizer | None = None,
+    allow_dropped: bool = True,
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless the checkpoint's prior can move onto ``registry``.
+
+    Unlike :func:`check_compatible`, other embodiments are allowed (matched by name, see
+    :mod:`actionprior.models.adaptation`); same-name embodiments must be the same robot with the same
+    statistics, and the architecture must match. ``allow_dropped=False`` also refuses checkpoint
+    embodiments that ``registry`` lacks.
+    """
+    problems = adaptation_problems(
+        stored.registry,
+        registry,
+        stored.prior_config,
+        config,
+        stored.normalizer.to_dict() if normalizer is not None else None,
+        normalizer.to_dict() if normalizer is not None else None,
+        allow_dropped=allow_dropped,
+    )
+    if problems:
+        raise CheckpointMismatchError(
+            f"{source} is incompatible with this configuration: {'; '.join(problems)}"
+        )
 
 
 def read_payload(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:

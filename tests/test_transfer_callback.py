@@ -132,12 +132,34 @@ def test_load_anneal_and_resume_without_reload(tmp_path):
     assert seen[-1] == 0.0  # the schedule continues from the resumed step (3 >= decay_steps)
 
 
-def test_refuses_stage1_with_other_embodiments(tmp_path):
+def test_stage1_on_a_subset_of_the_embodiments_loads_and_the_new_robot_starts_fresh(tmp_path, caplog):
     two = EmbodimentRegistry(list(synthetic_registry())[:2])  # a Stage 1 trained on two of the three robots
-    _stage1(tmp_path / "s1.ckpt", reg=two, norm=normalization(two))
+    stage1 = _stage1(tmp_path / "s1.ckpt", reg=two, norm=normalization(two))
     module = VLAModule(**module_kwargs())
-    with pytest.raises(CheckpointMismatchError, match=r"embodiments only in the second: \['synth_arm8'\]"):
-        ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
+    fresh = _prior_tensors(module)
+    with caplog.at_level("INFO", logger="actionprior.training.transfer"):
+        report = ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
+    assert report.kept == ["synth_arm4", "synth_arm7"] and report.added == ["synth_arm8"]
+    assert "['synth_arm8'] are new to the Stage 1 prior" in caplog.text
+    loaded, source = module.model.prior.decoder.io, stage1.model.decoder.io
+    for i in (0, 1):  # same ids in both registries here: rows copied exactly
+        # The prior's max action dim was 7, the data's is 8: the extra (padded) column stays zero.
+        torch.testing.assert_close(
+            loaded.action_out.weight[i, :, :7], source.action_out.weight[i], rtol=0, atol=0
+        )
+        assert not loaded.action_out.weight[i, :, 7:].any()
+        torch.testing.assert_close(loaded.embedding.weight[i], source.embedding.weight[i], rtol=0, atol=0)
+    # The new robot keeps the VLA module's own (from-scratch) init.
+    for key in ("decoder.io.action_out.weight", "encoder.io.state_in.weight", "decoder.io.embedding.weight"):
+        torch.testing.assert_close(_prior_tensors(module)[key][2], fresh[key][2], rtol=0, atol=0)
+    # The shared trunk loads exactly.
+    s1 = {k: v for k, v in stage1.model.state_dict().items() if ".io." not in k}
+    _assert_equal({k: v for k, v in _prior_tensors(module).items() if k in s1}, s1)
+    # A checkpoint that knows a robot the Stage 2 data lacks is refused, naming it.
+    _stage1(tmp_path / "s3.ckpt")
+    small = VLAModule(**module_kwargs(reg=two, normalization=normalization(two)))
+    with pytest.raises(CheckpointMismatchError, match=r"\['synth_arm8'\] are in the checkpoint but not in"):
+        ActionPriorTransfer.load_into(small, str(tmp_path / "s3.ckpt"))
 
 
 def test_refuses_stage1_with_other_dims_or_stats(tmp_path):
@@ -146,5 +168,5 @@ def test_refuses_stage1_with_other_dims_or_stats(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="latent_dim is 8 in the checkpoint but 16 here"):
         ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
     module = VLAModule(**module_kwargs(normalization=normalization(seed=1)))
-    with pytest.raises(CheckpointMismatchError, match="normalisation fingerprint"):
+    with pytest.raises(CheckpointMismatchError, match=r"embodiment 'synth_arm4': state statistics .* differ"):
         ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))

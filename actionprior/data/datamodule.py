@@ -8,6 +8,7 @@ without reading a shard.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from actionprior.data.stats import merge_stats
 from actionprior.data.stream import WindowStream, default_camera_names
 from actionprior.data.writer import load_manifest, load_stats
 from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,8 @@ class ActionPriorDataModule(L.LightningDataModule):
         seed: base seed; streams are seeded by (seed, rank, worker) (validation: its own fixed seed).
         image_size: resize frames to this square size (observation view); None keeps stored size.
         camera_names: cameras in batch order; default: union of the embodiments' cameras.
+        stats_from: a Stage 1 checkpoint being adapted (``--init_from`` sets it): the embodiments it knows
+            keep its normalisation statistics, so the prior keeps its meaning; the others take the data's.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class ActionPriorDataModule(L.LightningDataModule):
         seed: int = 0,
         image_size: int | None = None,
         camera_names: list[str] | None = None,
+        stats_from: str | None = None,
     ):
         super().__init__()
         self.sources = [_as_source(d) for d in datasets]
@@ -121,6 +127,9 @@ class ActionPriorDataModule(L.LightningDataModule):
         self.manifests = {str(Path(s.path)): load_manifest(s.path) for s in self.sources}
         self._registry = registry_from_manifests(self.manifests)
         stats = merge_stats(load_stats(s.path) for s in self.sources)
+        self.stats_origin = dict.fromkeys(self._registry.names, "data")
+        if stats_from:
+            stats = self._checkpoint_stats(stats, stats_from, normalization)
         self._normalizer = Normalizer(stats, self._registry, normalization)
         self._camera_names = list(camera_names) if camera_names else default_camera_names(self._registry)
         if view == "observation" and not self._camera_names:
@@ -132,6 +141,40 @@ class ActionPriorDataModule(L.LightningDataModule):
                 f"val_fraction={val_fraction} selects no episode of {[s.path for s in self.sources]}; "
                 "raise it, or set it to 0 to disable validation"
             )
+
+    def _checkpoint_stats(self, stats: dict[str, Any], path: str, mode: str) -> dict[str, Any]:
+        """``stats`` with the entries of the embodiments the checkpoint at ``path`` knows replaced by its own."""
+        from actionprior.checkpoint import load_checkpoint_file, read_payload
+
+        payload = read_payload(load_checkpoint_file(path), str(path))
+        stored = payload["normalization"]
+        if stored.get("mode") != mode:
+            raise DataError(
+                f"data.stats_from {path}: its statistics are for normalization '{stored.get('mode')}' but "
+                f"data.normalization is '{mode}'; set data.normalization: {stored.get('mode')}"
+            )
+        known = EmbodimentRegistry.from_dicts(payload["embodiments"])
+        kept = [name for name in self._registry.names if name in known]
+        for name in kept:
+            mine, theirs = self._registry[name].io_signature(), known[name].io_signature()
+            differing = [k for k in mine if mine[k] != theirs.get(k)]
+            if differing:
+                raise EmbodimentError(
+                    f"embodiment '{name}' differs between the data and the checkpoint {path} (fields "
+                    f"{differing}); same name, different robot: rename it in the data"
+                )
+        stats = dict(stats)
+        for name in kept:
+            stats[name] = stored["stats"][name]
+            self.stats_origin[name] = str(path)
+        new = [name for name in self._registry.names if name not in known]
+        log.info(
+            "normalisation: statistics of %s kept from %s; %s take the data's",
+            kept,
+            path,
+            new or "no other embodiment",
+        )
+        return stats
 
     def _split_sources(self, split: Literal["train", "val"]) -> list[ShardSource]:
         out = []

@@ -8,6 +8,8 @@ the Trainer's ``gradient_clip_val``.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,15 +19,19 @@ from torch import Tensor
 from actionprior.checkpoint import (
     CHECKPOINT_KEY,
     StoredCheckpoint,
+    check_adaptable,
     check_compatible,
     checkpoint_payload,
     data_contract,
 )
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
+from actionprior.models.adaptation import AdaptationReport, transfer_prior_weights
 from actionprior.training.configs import as_prior_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
+
+log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("embodiment_id", "state", "action", "step_mask", "action_dim_mask")
 
@@ -66,6 +72,8 @@ class ActionPriorModule(L.LightningModule):
         self.model = ActionPrior(config)
         self.scaler = ActionScaler(self.normalizer, config.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
+        # The prior this run was adapted from (``--init_from``), recorded in its checkpoints.
+        self.init_source: str | None = None
 
     @property
     def config(self) -> ActionPriorConfig:
@@ -145,14 +153,39 @@ class ActionPriorModule(L.LightningModule):
             betas=tuple(h.betas),
         )
 
+    def adapt_from(self, stored: StoredCheckpoint | str | Path) -> AdaptationReport:
+        """Start from a trained prior (``--init_from``), which may know other robots than this run's data.
+
+        Embodiments are matched by name: shared weights load exactly, a robot the checkpoint knows keeps
+        its projections and embedding, a new one keeps this module's fresh (from-scratch) init. The
+        checkpoint's robots must have the same dims and the same statistics here (the DataModule's
+        ``stats_from`` keeps them), and the architecture must match; anything else is refused, named.
+        """
+        if not isinstance(stored, StoredCheckpoint):
+            stored = StoredCheckpoint.read(stored)
+        stored.expect_stage(1, "--init_from")
+        check_adaptable(
+            stored,
+            f"--init_from checkpoint '{stored.source}'",
+            registry=self.registry,
+            config=self.config,
+            normalizer=self.normalizer,
+        )
+        report = transfer_prior_weights(stored.build_prior(), stored.registry, self.model, self.registry)
+        self.init_source = stored.source
+        log.info("Stage 1: initialised from %s: %s", stored.source, report.summary())
+        return report
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_payload(self.config, self.registry, self.normalizer)
+        checkpoint[CHECKPOINT_KEY]["init_from"] = self.init_source
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming (``--ckpt_path``) into a module built from different data or a different architecture
         # would otherwise fail later with an opaque shape error, or worse, train on mis-normalised data.
         source = "the checkpoint being resumed (--ckpt_path)"
         stored = StoredCheckpoint.from_dict(checkpoint, source).expect_stage(1, "Stage 1 resume")
+        self.init_source = stored.payload.get("init_from")
         check_compatible(
             stored.payload,
             source,

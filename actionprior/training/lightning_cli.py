@@ -53,6 +53,13 @@ class ActionPriorCLI(LightningCLI):
             default=None,
             help="Stage 1 checkpoint for the trainer callbacks that accept one (Stage 2's ActionPriorTransfer)",
         )
+        parser.add_argument(
+            "--init_from",
+            type=str | None,
+            default=None,
+            help="Stage 1: start from this trained prior; robots new to it get fresh projections, the ones it "
+            "knows keep its weights and normalisation statistics",
+        )
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}"})
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
@@ -81,6 +88,7 @@ class ActionPriorCLI(LightningCLI):
             if resume == "last":
                 resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
             self._stage1 = fill_prior_settings(config.model.init_args, config.get("stage1_ckpt"), resume)
+        self._init_from = init_from_settings(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A Rich progress bar by default, unless the config turns progress bars off (Lightning refuses a
@@ -97,6 +105,8 @@ class ActionPriorCLI(LightningCLI):
         path = config.get("stage1_ckpt")
         if path:
             self._hand_over_stage1_checkpoint(path)
+        if getattr(self, "_init_from", None):
+            self.model.adapt_from(self._init_from)
 
     def _hand_over_stage1_checkpoint(self, path: str) -> None:
         if not Path(path).is_file():
@@ -122,6 +132,34 @@ def _is_stage2(class_path: str) -> bool:
     except (ImportError, AttributeError):
         return False
     return isinstance(cls, type) and issubclass(cls, VLAModule)
+
+
+def init_from_settings(config: Any) -> str | None:
+    """``--init_from PATH`` (Stage 1 only): the DataModule keeps the checkpoint's statistics for the robots it
+    knows (``data.stats_from``); returns the path whose weights the module starts from. A resumed adapted run
+    without ``--init_from`` takes the statistics from the checkpoint being resumed (they are what it used)."""
+    path = config.get("init_from")
+    if _is_stage2(config.model.class_path):
+        if path:
+            raise ValueError(
+                "--init_from is for Stage 1 (adapting a prior to new robots); Stage 2 takes the prior with "
+                "--stage1_ckpt, which may know fewer robots than the Stage 2 data"
+            )
+        return None
+    if path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--init_from: no checkpoint file at '{path}'")
+        config.data.stats_from = path
+        return path
+    resume = config.get("ckpt_path")
+    if resume == "last":
+        resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
+    if resume and not config.data.get("stats_from") and Path(resume).is_file():
+        from actionprior.checkpoint import CHECKPOINT_KEY, load_checkpoint_file
+
+        if (load_checkpoint_file(resume).get(CHECKPOINT_KEY) or {}).get("init_from"):
+            config.data.stats_from = resume
+    return None
 
 
 def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: str | None = None) -> Any:
@@ -154,8 +192,22 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     return stage1
 
 
+def show_info_logs() -> None:
+    """Print the ``actionprior`` loggers' INFO lines (what was loaded from where, which robots start fresh),
+    like Lightning's own; without a handler Python would show warnings only."""
+    logger = logging.getLogger("actionprior")
+    if not any(getattr(h, "_actionprior_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._actionprior_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Run a LightningCLI subcommand, e.g. ``run(["fit", "-c", "configs/stage1.yaml"])``."""
+    show_info_logs()
     # Imported here so that `actionprior --help` and the tool subcommands stay fast.
     from actionprior.data.datamodule import ActionPriorDataModule
 

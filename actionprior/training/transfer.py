@@ -3,8 +3,9 @@
 :class:`ActionPriorTransfer` is the only place where Stage 1 weights enter Stage 2:
 
 * on fit start of a *fresh* Stage 2 run it takes the Stage 1 checkpoint (read once, by the CLI, or here
-  when used from Python), refuses it (naming every difference) unless embodiments, dims, normalisation
-  statistics and the prior's architecture match the VLA's, and copies the encoder and decoder tensors in;
+  when used from Python), refuses it (naming every difference) unless the prior's architecture matches the
+  VLA's and every embodiment it knows is in the data with the same dims and normalisation statistics, and
+  copies the encoder and decoder tensors in (robots new to the prior get fresh projections; the log says so);
 * before every training batch it sets ``aux_weight = lambda(k) = max(0, 1 - k / decay_steps)`` on the
   module, with ``k`` the number of optimizer steps taken so far (``trainer.global_step``), so gradient
   accumulation does not change the schedule;
@@ -25,8 +26,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from actionprior.checkpoint import StoredCheckpoint, check_compatible
-from actionprior.models.action_prior import ActionPriorConfig
+from actionprior.checkpoint import StoredCheckpoint, check_adaptable
+from actionprior.models.adaptation import AdaptationReport, transfer_prior_weights
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +109,38 @@ class ActionPriorTransfer(Callback):
 
     # ------------------------------------------------------------------ loading
     @staticmethod
-    def load_into(pl_module: L.LightningModule, stage1: StoredCheckpoint | str | Path) -> None:
-        """Check the Stage 1 checkpoint against the module and copy its encoder and decoder weights."""
+    def load_into(pl_module: L.LightningModule, stage1: StoredCheckpoint | str | Path) -> AdaptationReport:
+        """Check the Stage 1 checkpoint against the module and copy its encoder and decoder weights.
+
+        Embodiments are matched by name (:func:`~actionprior.models.adaptation.transfer_prior_weights`):
+        the data may add robots the prior has never seen; they start from fresh projections.
+        """
         if not isinstance(stage1, StoredCheckpoint):
             stage1 = StoredCheckpoint.read(stage1)
         stage1.expect_stage(1, "--stage1_ckpt")
         source = f"Stage 1 checkpoint '{stage1.source}'"
-        check_compatible(
-            stage1.payload,
+        # The checkpoint's embodiments may be a subset of the data's (a robot the prior has never seen);
+        # the ones it knows must be the same robots with the same statistics.
+        check_adaptable(
+            stage1,
             source,
             registry=pl_module.registry,
-            normalizer=pl_module.normalizer,
             config=pl_module.prior_config,
-            config_keys=ActionPriorConfig.architecture_keys(),
+            normalizer=pl_module.normalizer,
+            allow_dropped=False,
         )
-        prior = stage1.build_prior()
-        target = pl_module.model.prior
-        # load_state_dict copies in place, so optimizer state set up before fit start keeps its tensors.
-        target.encoder.load_state_dict(prior.encoder.state_dict())
-        target.decoder.load_state_dict(prior.decoder.state_dict())
+        # Copies in place, so optimizer state set up before fit start keeps its tensors.
+        report = transfer_prior_weights(
+            stage1.build_prior(), stage1.registry, pl_module.model.prior, pl_module.registry
+        )
         pl_module.prior_source = stage1.source
-        log.info("ActionPriorTransfer: loaded encoder and decoder from %s", stage1.source)
+        log.info(
+            "ActionPriorTransfer: loaded encoder and decoder from %s: %s", stage1.source, report.summary()
+        )
+        if report.added:
+            log.warning(
+                "ActionPriorTransfer: embodiments %s are new to the Stage 1 prior: their projections and "
+                "embeddings start fresh (the default init) and are learnt in Stage 2",
+                report.added,
+            )
+        return report
