@@ -150,6 +150,9 @@ class WindowStream(IterableDataset):
         self.epoch = 0
         self.rank = 0
         self.world_size = 1
+        # Batches of this (epoch, rank) stream already consumed, counted over all workers together: a new
+        # iterator starts right after them (resuming), see :meth:`_worker_start`.
+        self.start_batch = 0
 
     # -- episodes ------------------------------------------------------------------------------------
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> _PoolEpisode:
@@ -242,9 +245,23 @@ class WindowStream(IterableDataset):
             batch["task"] = [ep.task for ep in picks]
         return batch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _worker_start(self) -> tuple[int, int]:
+        """(logical worker, batches it skips) for this process, so that iterating from ``start_batch`` on
+        continues the stream that one iterator from 0 would have produced.
+
+        A DataLoader takes batch ``i`` from worker ``i % W`` (round robin, starting at worker 0 with every
+        new iterator). Batch ``start_batch`` must come next, so worker ``w`` plays the part of worker
+        ``(w + start_batch) % W`` of the original run (its seed) and first skips the batches that worker
+        had already delivered.
+        """
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        logical = (worker + self.start_batch) % workers
+        skip = max(0, -(-(self.start_batch - logical) // workers))  # #{i < start_batch : i % W == logical}
+        return logical, skip
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, skip = self._worker_start()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         cache: dict = {}
         streams = [self._episodes(src, rng.spawn(1)[0], cache) for src in self.sources]
@@ -265,8 +282,12 @@ class WindowStream(IterableDataset):
                     debt[s] -= 1
             order = rng.permutation(len(picks))  # mix datasets within the batch
             picks = [picks[i] for i in order]
+            # A skipped batch makes exactly the draws of a delivered one but is never collated.
             if self.view == "observation":
                 slots = rng.integers(self.windows_per_episode, size=len(picks))
+                if skip:
+                    skip -= 1
+                    continue
                 starts = np.array(
                     [ep.timesteps[j] for ep, j in zip(picks, slots, strict=True)], dtype=np.int64
                 )
@@ -274,6 +295,9 @@ class WindowStream(IterableDataset):
             else:
                 lengths = np.array([ep.padded.length for ep in picks])
                 starts = (rng.random(len(picks)) * lengths).astype(np.int64)
+                if skip:
+                    skip -= 1
+                    continue
                 yield self.collate(picks, starts)
 
 

@@ -1,0 +1,115 @@
+"""Exact resume after SIGKILL: a Stage 1 run killed at a random step and resumed with ``--ckpt_path last`` ends
+with parameters bit-identical (torch.equal) to an uninterrupted run; the killed run's leftovers are cleaned."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from actionprior.data.synthetic import write_synthetic_dataset
+from tests.processes import run_or_fail_on_hang
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "stage1.yaml"
+MAX_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "synth"
+    write_synthetic_dataset(out, episodes_per_embodiment=6, with_frames=False)
+    return out
+
+
+def _cmd(dataset: Path, root: Path, workers: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "actionprior.cli", "fit", "-c", str(CONFIG),
+        "--data.datasets", f"[{{path: {dataset}}}]",
+        "--data.chunk_len", "4", "--data.history_len", "2", "--data.batch_size", "8",
+        "--data.num_workers", str(workers),
+        # 5 batches an epoch: kills land mid-epoch and at epoch ends; validation every 4 steps.
+        "--data.batches_per_epoch", "5", "--data.val_batches", "1", "--data.val_fraction", "0.3",
+        "--data.shuffle_buffer", "16",
+        "--model.init_args.prior.width", "32", "--model.init_args.prior.depth", "1",
+        "--model.init_args.prior.heads", "2", "--model.init_args.prior.latent_dim", "8",
+        "--model.init_args.prior.sample_steps", "2", "--model.init_args.prior.dropout", "0.1",
+        "--model.init_args.warmup_steps", "2",
+        "--trainer.max_steps", str(MAX_STEPS), "--trainer.default_root_dir", str(root),
+        "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.val_check_interval", "4", "--checkpoint.every_n_train_steps", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _weights(root: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == MAX_STEPS
+    return checkpoint["state_dict"]
+
+
+def _kill_at_step(cmd: list[str], root: Path, step: int, timeout_s: float = 120) -> None:
+    """Start ``cmd`` and SIGKILL its process group as soon as the checkpoint of ``step`` exists."""
+    marker = root / "checkpoints" / f"step{step:07d}.ckpt"
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run to be killed exited ({proc.returncode}) before step {step}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"step {step} not reached in {timeout_s} s")
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_kill_at_random_step_then_resume_is_bit_identical(dataset, tmp_path, workers):
+    step = random.Random(1234 + workers).randrange(2, MAX_STEPS - 2)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_or_fail_on_hang(_cmd(dataset, whole, workers), 240, REPO, _env(), "uninterrupted run")
+
+    _kill_at_step(_cmd(dataset, killed, workers), killed, step)
+    stopped = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    # The kill can fall between the periodic save of `step` and the refresh of last.ckpt that follows it.
+    assert step - 1 <= stopped < MAX_STEPS, f"killed at step {stopped}"
+    # What a kill can leave: a save cut short, and a periodic checkpoint newer than last.ckpt.
+    (killed / "checkpoints" / f".step{stopped + 1:07d}.ckpt.partial-99999").write_bytes(b"\0" * 1000)
+    newer = killed / "checkpoints" / f"step{stopped + 1:07d}.ckpt"
+    orphan = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    orphan["global_step"] = stopped + 1
+    torch.save(orphan, newer)
+
+    out = run_or_fail_on_hang(
+        _cmd(dataset, killed, workers, "--ckpt_path", "last"), 240, REPO, _env(), "resumed run"
+    )
+    assert "not resumable" not in out
+    assert "interrupted" in out and "newer than the checkpoint resumed from" in out, out[-3000:]
+    leftovers = [p.name for p in (killed / "checkpoints").iterdir() if "partial" in p.name or "-v" in p.name]
+    assert leftovers == []
+
+    a, b = _weights(whole), _weights(killed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == [], f"killed at step {stopped}: {len(different)} tensors differ, e.g. {different[:3]}"
