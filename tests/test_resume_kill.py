@@ -84,7 +84,7 @@ def _kill_at_step(cmd: list[str], root: Path, step: int, timeout_s: float = 120)
         proc.wait()
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_kill_at_random_step_then_resume_is_bit_identical(dataset, tmp_path, workers):
     step = random.Random(1234 + workers).randrange(2, MAX_STEPS - 2)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
