@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from actionprior.data.batch import BatchBuilder
 from actionprior.data.normalization import Normalizer
-from actionprior.data.schema import DataError
+from actionprior.data.schema import DataError, frame_field
 from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
 from actionprior.data.splits import Split, in_split
 from actionprior.data.windowing import PaddedEpisode
@@ -53,6 +53,7 @@ class _PoolEpisode:
         "timesteps",
         "images",
         "camera_mask",
+        "frame_source",
     )
 
     def __init__(self, padded: PaddedEpisode, embodiment_id: int, key: str, where: str, meta: dict[str, Any]):
@@ -66,6 +67,8 @@ class _PoolEpisode:
         self.timesteps: np.ndarray | None = None
         self.images: np.ndarray | None = None  # uint8 [k, C, 3, h, w]
         self.camera_mask: np.ndarray | None = None  # bool [C]
+        # Until the episode is first picked for a batch: the PNG bytes of just those frames, and its meta.
+        self.frame_source: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -163,8 +166,22 @@ class WindowStream(IterableDataset):
         episode = _PoolEpisode(padded, self.registry.id_of(name), sample["__key__"], where, meta)
         if self.view == "observation":
             episode.timesteps = rng.integers(padded.length, size=self.windows_per_episode)
-            episode.images, episode.camera_mask = self._decode_frames(sample, meta, episode.timesteps, where)
+            # Frames are decoded when the episode is first picked for a batch (_ensure_frames), not here:
+            # an episode replaced in the pool before it is picked, or entering the pool while a resumed
+            # stream skips batches, then costs no PNG decoding. Only its frames' bytes are kept.
+            wanted = {frame_field(cam, int(t)) for cam in self.camera_names for t in episode.timesteps}
+            frames = {k: v for k, v in sample.items() if k in wanted or k.startswith("__")}
+            episode.frame_source = (frames, meta)
         return episode
+
+    def _ensure_frames(self, episode: _PoolEpisode) -> None:
+        if episode.images is None and episode.frame_source is not None:
+            sample, meta = episode.frame_source
+            assert episode.timesteps is not None
+            episode.images, episode.camera_mask = self._decode_frames(
+                sample, meta, episode.timesteps, episode.where
+            )
+            episode.frame_source = None
 
     def _decode_frames(
         self, sample: dict[str, Any], meta: dict[str, Any], timesteps: np.ndarray, where: str
@@ -240,6 +257,8 @@ class WindowStream(IterableDataset):
         batch["episode_key"] = [ep.key for ep in picks]
         if self.view == "observation":
             assert slots is not None
+            for ep in picks:
+                self._ensure_frames(ep)
             batch["images"], batch["camera_mask"] = self._images(picks, slots)
             batch["instruction"] = [ep.instruction for ep in picks]
             batch["task"] = [ep.task for ep in picks]
