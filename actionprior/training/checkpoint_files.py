@@ -16,11 +16,14 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+if TYPE_CHECKING:
+    from actionprior.checkpoint import StoredCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +97,40 @@ def newer_checkpoints(dirpath: str | Path, step: int, keep: Iterable[str | Path]
         if saved is not None and saved > step:
             found.append((path, saved))
     return found
+
+
+# ``--ckpt_path`` values Lightning resolves itself (``last`` is resolved here: the CLI's checkpoint directory).
+_SPECIAL_CKPT_PATHS = ("best", "hpc", "registry")
+
+
+def check_resume_checkpoint(ckpt_path: str | None, dirpath: str | Path) -> None:
+    """Refuse, in one line naming the file, a ``--ckpt_path`` that is missing, unreadable, holds anything but
+    tensors and plain containers, or is not an actionprior checkpoint; ``last`` without a ``last.ckpt`` is
+    left to Lightning (it starts afresh, warning)."""
+    from actionprior.checkpoint import CheckpointError, load_checkpoint_file, read_payload
+
+    if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS or ckpt_path.startswith("registry:"):
+        return
+    if ckpt_path == "last":
+        path = Path(dirpath) / "last.ckpt"
+        if not path.is_file():
+            return
+    else:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--ckpt_path: no checkpoint file at '{path}'")
+    try:
+        read_payload(load_checkpoint_file(path), str(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"--ckpt_path: {exc}") from None
+
+
+def read_stage1_checkpoint(path: str | Path) -> StoredCheckpoint:
+    """``--stage1_ckpt``: the Stage 1 checkpoint at ``path``, or one line, starting with the flag, saying why not."""
+    from actionprior.checkpoint import CheckpointError, StoredCheckpoint
+
+    try:
+        stored = StoredCheckpoint.read(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--stage1_ckpt: {exc}") from None
+    return stored.expect_stage(1, "--stage1_ckpt")

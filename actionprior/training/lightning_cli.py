@@ -118,6 +118,12 @@ class ActionPriorCLI(LightningCLI):
 
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_strategy_request(config.trainer.get("strategy"), config.trainer.get("accelerator"))
+        # A bad --ckpt_path gets one line naming it, instead of torch's multi-line unpickling report.
+        from actionprior.training.checkpoint_files import check_resume_checkpoint
+
+        check_resume_checkpoint(
+            config.get("ckpt_path"), checkpoint_dir(config.trainer.get("default_root_dir"))
+        )
         self._stage1 = None
         if _is_stage2(config.model.class_path):
             resume = config.get("ckpt_path")
@@ -176,14 +182,15 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     """Give the Stage 2 module the action prior's settings when its config leaves ``prior`` unset: from the
     Stage 1 checkpoint, or when resuming without one, from the Stage 2 checkpoint being resumed. Returns the
     Stage 1 :class:`~actionprior.checkpoint.StoredCheckpoint` read (None without ``stage1_ckpt``)."""
-    from actionprior.checkpoint import StoredCheckpoint, load_checkpoint_file
+    from actionprior.checkpoint import load_checkpoint_file
+    from actionprior.training.checkpoint_files import read_stage1_checkpoint
     from actionprior.training.configs import settings_dict
 
     stage1 = None
     if stage1_ckpt:
         if not Path(stage1_ckpt).is_file():
             raise FileNotFoundError(f"--stage1_ckpt: no checkpoint file at '{stage1_ckpt}'")
-        stage1 = StoredCheckpoint.read(stage1_ckpt).expect_stage(1, "--stage1_ckpt")
+        stage1 = read_stage1_checkpoint(stage1_ckpt)
     if init_args.get("prior") is not None:
         return stage1  # set in the config: the transfer callback checks it against the checkpoint
     if stage1 is not None:
