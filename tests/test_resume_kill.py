@@ -113,3 +113,61 @@ def test_kill_at_random_step_then_resume_is_bit_identical(dataset, tmp_path, wor
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert different == [], f"killed at step {stopped}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+_WRITER = """
+import sys, torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from actionprior.training.checkpoint_files import AtomicCheckpointIO
+io = AtomicCheckpointIO() if sys.argv[1] == "atomic" else TorchCheckpointIO()
+state = {"w": torch.zeros(16, 2**20)}  # 64 MB: the write takes long enough to be killed in the middle
+while True:
+    io.save_checkpoint(state, sys.argv[2])
+"""
+
+
+def _kill_while_writing(kind: str, target: Path, tmpdir: Path) -> None:
+    """SIGKILL a process that saves checkpoints to ``target`` in a loop, in the middle of its second save."""
+    env = {**_env(), "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, kind, str(target)], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not target.exists():  # the first save is complete
+            assert proc.poll() is None and time.monotonic() < deadline, "the writer did not save"
+            time.sleep(0.005)
+        while not any(p.stat().st_size > 2**18 for p in [*tmpdir.iterdir(), *target.parent.glob(".*")]):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "the writer did not start a second save"
+            )
+            time.sleep(0.001)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow  # two writer processes (~15 s each on 2 busy cores)
+def test_a_kill_during_a_save_leaves_only_a_partial_file_that_the_next_start_removes(tmp_path):
+    from actionprior.training.checkpoint_files import remove_partial_files
+
+    # Lightning's own writer: the temporary file lands in $TMPDIR, outside the run, and stays there.
+    tmpdir, target = tmp_path / "tmp_lightning", tmp_path / "lightning" / "last.ckpt"
+    tmpdir.mkdir(), target.parent.mkdir()
+    _kill_while_writing("lightning", target, tmpdir)
+    leftovers = list(tmpdir.iterdir())
+    assert leftovers and leftovers[0].name.startswith("tmp")
+
+    # AtomicCheckpointIO: nothing in $TMPDIR, the target is intact, the .partial file is in the checkpoint
+    # directory, and remove_partial_files (ResumableCheckpoint.setup) deletes it.
+    tmpdir, target = tmp_path / "tmp_atomic", tmp_path / "atomic" / "last.ckpt"
+    tmpdir.mkdir(), target.parent.mkdir()
+    _kill_while_writing("atomic", target, tmpdir)
+    assert list(tmpdir.iterdir()) == []
+    assert torch.load(target, weights_only=True, mmap=True)["w"].shape == (16, 2**20)
+    partial = [p for p in target.parent.iterdir() if p != target]
+    assert len(partial) == 1 and partial[0].name.startswith(".last.ckpt.partial-")
+    removed = remove_partial_files(target.parent)
+    assert [p for p, _ in removed] == partial and sorted(target.parent.iterdir()) == [target]
+    print(f"left by a kill: Lightning {leftovers[0].stat().st_size / 1e6:.0f} MB in $TMPDIR; "
+          f"atomic {removed[0][1] / 1e6:.0f} MB .partial in the checkpoint directory (removed)")  # fmt: skip
