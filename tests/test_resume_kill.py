@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import run_or_fail_on_hang
 
 from actionprior.data.synthetic import write_synthetic_dataset
-from tests.processes import run_or_fail_on_hang
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "stage1.yaml"
