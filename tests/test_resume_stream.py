@@ -50,7 +50,13 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize(
     ("view", "workers", "cut"),
-    [("trajectory", 0, 6), ("trajectory", 2, 5), ("observation", 0, 3), ("observation", 2, 7)],
+    [
+        ("trajectory", 0, 6),
+        ("trajectory", 0, 8),
+        ("trajectory", 2, 5),
+        ("observation", 0, 3),
+        ("observation", 2, 7),
+    ],
 )
 def test_restored_loader_continues_the_stream(datasets, view, workers, cut):
     total = 11

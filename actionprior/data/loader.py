@@ -78,9 +78,10 @@ class StreamLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
-            # The workers' base seed comes from this generator, not from torch's global RNG: starting a
-            # stream (every validation run, a resume) must not shift the random numbers the model draws.
-            generator=torch.Generator().manual_seed(self.dataset.seed),
+            # A DataLoader iterator draws its workers' base seed from torch's global RNG (the stream's own
+            # seeds do not depend on it). A validation run, which happens right after a checkpoint is saved,
+            # must not shift the numbers training draws next: a resumed run skips that validation.
+            generator=torch.Generator().manual_seed(self.dataset.seed) if self.fixed_epoch else None,
         )
         return iter(loader)
 
