@@ -31,7 +31,6 @@ class ResumableCheckpoint(ModelCheckpoint):
     Lightning only refreshes ``last.ckpt`` when a periodic save fires, so a run whose ``max_steps`` is not
     a multiple of ``every_n_train_steps`` would resume from an older step and silently redo work.
 
-
     Kill-safe too (see :mod:`actionprior.training.checkpoint_files`): saves are written atomically next to
     their target, the ``.partial`` files of a save that was interrupted are removed when a run starts, and
     on resuming from ``last.ckpt`` the periodic checkpoints of steps after it (written just before the kill,
