@@ -14,6 +14,7 @@ settings, the compatibility checks and the models are all taken.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -170,15 +171,38 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)")
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: {_weights_only_refusal(str(exc))}") from None
+    except EOFError:
+        raise CheckpointError(f"{path}: not a readable checkpoint (the file ends early: truncated)") from None
+    except (RuntimeError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        # The first sentence: torch's zip errors go on for lines about how the file might have got corrupted.
+        reason = (
+            str(exc).strip().splitlines()[0].split(". ")[0][:200] if str(exc).strip() else type(exc).__name__
+        )
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
+
+
+def _weights_only_refusal(message: str) -> str:
+    """What torch's weights-only unpickler refused, in one line. Torch's own message is many lines and advises
+    ``weights_only=False``, which is exactly what must not be done with a file of unknown origin."""
+    blocked = re.search(r"GLOBAL ([\w.]+)", message)
+    if blocked:
+        return (
+            f"refused: it would unpickle {blocked.group(1)}, not a tensor or plain container "
+            "(loading it could run code; only weights-only checkpoints are read)"
+        )
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    detail = found.group(1).strip() if found else "not a pickle torch reads"
+    return f"not a readable checkpoint (not a weights-only torch file: {detail[:200]})"
 
 
 @dataclass

@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from actionprior.data.batch import BatchBuilder
 from actionprior.data.limits import MAX_ABS_VALUE
 from actionprior.data.normalization import Normalizer
-from actionprior.data.schema import DataError
+from actionprior.data.schema import DataError, frame_field
 from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
 from actionprior.data.splits import Split, in_split
 from actionprior.data.windowing import PaddedEpisode
@@ -54,6 +54,7 @@ class _PoolEpisode:
         "timesteps",
         "images",
         "camera_mask",
+        "frame_source",
     )
 
     def __init__(self, padded: PaddedEpisode, embodiment_id: int, key: str, where: str, meta: dict[str, Any]):
@@ -67,6 +68,8 @@ class _PoolEpisode:
         self.timesteps: np.ndarray | None = None
         self.images: np.ndarray | None = None  # uint8 [k, C, 3, h, w]
         self.camera_mask: np.ndarray | None = None  # bool [C]
+        # Until the episode is first picked for a batch: the PNG bytes of just those frames, and its meta.
+        self.frame_source: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -151,6 +154,9 @@ class WindowStream(IterableDataset):
         self.epoch = 0
         self.rank = 0
         self.world_size = 1
+        # Batches of this (epoch, rank) stream already consumed, counted over all workers together: a new
+        # iterator starts right after them (resuming), see :meth:`_worker_start`.
+        self.start_batch = 0
 
     # -- episodes ------------------------------------------------------------------------------------
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> _PoolEpisode:
@@ -169,8 +175,22 @@ class WindowStream(IterableDataset):
         episode = _PoolEpisode(padded, self.registry.id_of(name), sample["__key__"], where, meta)
         if self.view == "observation":
             episode.timesteps = rng.integers(padded.length, size=self.windows_per_episode)
-            episode.images, episode.camera_mask = self._decode_frames(sample, meta, episode.timesteps, where)
+            # Frames are decoded when the episode is first picked for a batch (_ensure_frames), not here:
+            # an episode replaced in the pool before it is picked, or entering the pool while a resumed
+            # stream skips batches, then costs no PNG decoding. Only its frames' bytes are kept.
+            wanted = {frame_field(cam, int(t)) for cam in self.camera_names for t in episode.timesteps}
+            frames = {k: v for k, v in sample.items() if k in wanted or k.startswith("__")}
+            episode.frame_source = (frames, meta)
         return episode
+
+    def _ensure_frames(self, episode: _PoolEpisode) -> None:
+        if episode.images is None and episode.frame_source is not None:
+            sample, meta = episode.frame_source
+            assert episode.timesteps is not None
+            episode.images, episode.camera_mask = self._decode_frames(
+                sample, meta, episode.timesteps, episode.where
+            )
+            episode.frame_source = None
 
     def _decode_frames(
         self, sample: dict[str, Any], meta: dict[str, Any], timesteps: np.ndarray, where: str
@@ -246,14 +266,30 @@ class WindowStream(IterableDataset):
         batch["episode_key"] = [ep.key for ep in picks]
         if self.view == "observation":
             assert slots is not None
+            for ep in picks:
+                self._ensure_frames(ep)
             batch["images"], batch["camera_mask"] = self._images(picks, slots)
             batch["instruction"] = [ep.instruction for ep in picks]
             batch["task"] = [ep.task for ep in picks]
         return batch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _worker_start(self) -> tuple[int, int]:
+        """(logical worker, batches it skips) for this process, so that iterating from ``start_batch`` on
+        continues the stream that one iterator from 0 would have produced.
+
+        A DataLoader takes batch ``i`` from worker ``i % W`` (round robin, starting at worker 0 with every
+        new iterator). Batch ``start_batch`` must come next, so worker ``w`` plays the part of worker
+        ``(w + start_batch) % W`` of the original run (its seed) and first skips the batches that worker
+        had already delivered.
+        """
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        logical = (worker + self.start_batch) % workers
+        skip = max(0, -(-(self.start_batch - logical) // workers))  # #{i < start_batch : i % W == logical}
+        return logical, skip
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, skip = self._worker_start()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         cache: dict = {}
         streams = [self._episodes(src, rng.spawn(1)[0], cache) for src in self.sources]
@@ -274,8 +310,12 @@ class WindowStream(IterableDataset):
                     debt[s] -= 1
             order = rng.permutation(len(picks))  # mix datasets within the batch
             picks = [picks[i] for i in order]
+            # A skipped batch makes exactly the draws of a delivered one but is never collated.
             if self.view == "observation":
                 slots = rng.integers(self.windows_per_episode, size=len(picks))
+                if skip:
+                    skip -= 1
+                    continue
                 starts = np.array(
                     [ep.timesteps[j] for ep, j in zip(picks, slots, strict=True)], dtype=np.int64
                 )
@@ -283,6 +323,9 @@ class WindowStream(IterableDataset):
             else:
                 lengths = np.array([ep.padded.length for ep in picks])
                 starts = (rng.random(len(picks)) * lengths).astype(np.int64)
+                if skip:
+                    skip -= 1
+                    continue
                 yield self.collate(picks, starts)
 
 

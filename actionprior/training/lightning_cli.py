@@ -30,7 +30,49 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     Lightning only refreshes ``last.ckpt`` when a periodic save fires, so a run whose ``max_steps`` is not
     a multiple of ``every_n_train_steps`` would resume from an older step and silently redo work.
+
+    Kill-safe too (see :mod:`actionprior.training.checkpoint_files`): saves are written atomically next to
+    their target, the ``.partial`` files of a save that was interrupted are removed when a run starts, and
+    on resuming from ``last.ckpt`` the periodic checkpoints of steps after it (written just before the kill,
+    before ``last.ckpt`` was updated; tracked by no one, they would never be cleaned up and would push the
+    rerun's saves to ``-v1`` names) are removed.
     """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        from actionprior.training.checkpoint_files import AtomicCheckpointIO, remove_partial_files
+
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a plugin of the user's is kept
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.is_global_zero and stage == "fit" and self.dirpath:
+            remove_partial_files(self.dirpath)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from actionprior.training.checkpoint_files import newer_checkpoints
+
+        super().on_train_start(trainer, pl_module)
+        resumed = trainer.ckpt_path
+        if not (resumed and trainer.is_global_zero and self.dirpath):
+            return
+        newer = newer_checkpoints(self.dirpath, trainer.global_step, keep=[resumed])
+        if Path(resumed).name.startswith(self.CHECKPOINT_NAME_LAST):
+            for path, step in newer:  # written after last.ckpt's step by the run that was killed
+                path.unlink()
+                log.warning(
+                    "removed %s (step %d): newer than the checkpoint resumed from (step %d)",
+                    path,
+                    step,
+                    trainer.global_step,
+                )
+        elif newer:
+            log.warning(
+                "resuming from %s (step %d) although %s hold later steps; they are kept",
+                resumed,
+                trainer.global_step,
+                [str(p) for p, _ in newer],
+            )
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
@@ -82,6 +124,12 @@ class ActionPriorCLI(LightningCLI):
 
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_strategy_request(config.trainer.get("strategy"), config.trainer.get("accelerator"))
+        # A bad --ckpt_path gets one line naming it, instead of torch's multi-line unpickling report.
+        from actionprior.training.checkpoint_files import check_resume_checkpoint
+
+        check_resume_checkpoint(
+            config.get("ckpt_path"), checkpoint_dir(config.trainer.get("default_root_dir"))
+        )
         self._stage1 = None
         if _is_stage2(config.model.class_path):
             resume = config.get("ckpt_path")
@@ -97,6 +145,11 @@ class ActionPriorCLI(LightningCLI):
         own = any(isinstance(cb, ProgressBar) for cb in trainer_config.get("callbacks") or [])
         wanted = trainer_config.get("enable_progress_bar") is not False and not own
         self.trainer_defaults["callbacks"] = [RichProgressBar()] if wanted else []
+        # Every run keeps its RNG states in its checkpoints: resuming continues the random sequence exactly.
+        from actionprior.training.rng_state import RNGStateCheckpoint
+
+        if not any(isinstance(cb, RNGStateCheckpoint) for cb in trainer_config.get("callbacks") or []):
+            self.trainer_defaults["callbacks"].append(RNGStateCheckpoint())
         return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
@@ -166,14 +219,15 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     """Give the Stage 2 module the action prior's settings when its config leaves ``prior`` unset: from the
     Stage 1 checkpoint, or when resuming without one, from the Stage 2 checkpoint being resumed. Returns the
     Stage 1 :class:`~actionprior.checkpoint.StoredCheckpoint` read (None without ``stage1_ckpt``)."""
-    from actionprior.checkpoint import StoredCheckpoint, load_checkpoint_file
+    from actionprior.checkpoint import load_checkpoint_file
+    from actionprior.training.checkpoint_files import read_stage1_checkpoint
     from actionprior.training.configs import settings_dict
 
     stage1 = None
     if stage1_ckpt:
         if not Path(stage1_ckpt).is_file():
             raise FileNotFoundError(f"--stage1_ckpt: no checkpoint file at '{stage1_ckpt}'")
-        stage1 = StoredCheckpoint.read(stage1_ckpt).expect_stage(1, "--stage1_ckpt")
+        stage1 = read_stage1_checkpoint(stage1_ckpt)
     if init_args.get("prior") is not None:
         return stage1  # set in the config: the transfer callback checks it against the checkpoint
     if stage1 is not None:
