@@ -139,6 +139,8 @@ def _check_shard(
             )
         seen_keys[key] = shard["name"]
     for field, with_frames in (("traj", False), ("obs", True)):
+        if field == "obs" and shard[field] is None:  # a trajectory-only dataset (collect --no-images)
+            continue
         path = report.dir / shard[field]
         listed_files.add(shard[field])
         if not path.exists():
