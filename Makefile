@@ -57,8 +57,8 @@ bench: install  ## throughput and latency benchmarks (figures, not tests)
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/inference_latency.py
 
-reproduce: install  ## the paper's ablation table on sim-default (no prior / action-only / action-state / + history)
-	$(PY) -m actionprior.study.ablations --data $(DATA) $(ARGS)
+reproduce: install  ## the paper's claims as one resumable study -> runs/reproduce/report.md (ARGS=--quick: < 45 min)
+	$(PY) -m actionprior.study $(ARGS)
 
 clean-runs:  ## delete training runs (not datasets)
 	rm -rf runs lightning_logs

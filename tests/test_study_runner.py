@@ -50,6 +50,11 @@ class FakeExecutor:
             raise KeyboardInterrupt
         self.calls.append(log.stem)
         log.parent.mkdir(parents=True, exist_ok=True)
+        if "actionprior.study.initial_loss" in cmd:
+            out = Path(_arg(cmd, "--out"))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"no prior, adaLN-zero decoder": 1.4, "prior, fresh z' head": 4.9}))
+            return 0
         sub = cmd[cmd.index("actionprior.cli") + 1 :]
         if sub[:2] == ["data", "collect"]:
             out = Path(_arg(sub, "--out"))
@@ -152,6 +157,7 @@ def test_report_from_a_finished_study(tmp_path):
     assert (
         "initial L_pred lower with the prior | ≈8× lower | no prior / prior = 0.38× | no (opposite)" in text
     )
+    assert "| prior, fresh z' head | 4.900 |" in text
     assert (tmp_path / "figures.json").exists() and (tmp_path / "success.png").exists()
     assert (tmp_path / "early_training.png").exists() and (tmp_path / "scaling.png").exists()
     assert set(RICH) <= {e for e in TASKS}

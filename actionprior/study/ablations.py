@@ -28,7 +28,7 @@ from actionprior.study.plan import PRESETS, build_plan
 from actionprior.study.report import write_report
 from actionprior.study.runner import run_units
 
-KINDS = ("collect", "stage1", "stage2", "eval")
+KINDS = ("collect", "stage1", "analysis", "stage2", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -147,6 +147,10 @@ def collect_figures(root: Path, preset: Preset) -> dict[str, Any]:
             "mean_grad_action_no_prior_over_prior": _ratio(statistics.fmean(s["grad_action"]), statistics.fmean(p["grad_action"])),
         }  # fmt: skip
 
+    initial = root / "analysis" / "initial_loss.json"
+    if initial.exists():
+        figures["initial_loss"] = json.loads(initial.read_text())
+
     s1 = ledger.get("stage1/as-1x", {}).get("seconds")
     s2 = [
         v["seconds"]
@@ -291,6 +295,11 @@ def write_report(root: Path, preset: Preset) -> Path:
                   "of the latent space, where the decoder's loss is higher (2.5–3.8, /work/shared/PAPER.md). The paper's "
                   "baseline head is likely not zero-initialised. The `z' head at mean latent` row starts z' at the mean "
                   "Stage 1 latent instead."]  # fmt: skip
+    il = fig.get("initial_loss")
+    if il:
+        lines += ["", "L_pred at step 0 on the same batches and noise, by initialisation (`actionprior.study.initial_loss`):",
+                  "", "| initialisation | L_pred |", "|---|---|"]  # fmt: skip
+        lines += [f"| {k} | {v:.3f} |" for k, v in il.items() if isinstance(v, float)]
     wc = fig.get("wallclock")
     if wc:
         lines += ["", f"Stage 1 wall-clock: {wc['stage1_s']:.0f} s; one Stage 2 run: {wc['stage2_s_mean']:.0f} s; "
