@@ -189,6 +189,20 @@ def build_plan(root: Path, preset: Preset) -> list[Unit]:
                  lambda cmd=cmd: cli(*cmd), {"episodes_per_task": episodes, "images": not no_images})
         )  # fmt: skip
 
+    # One normalisation for every prior and every Stage 2 run (see joint_stats.py).
+    marker = data / "joint_stats.json"
+    cmd = [sys.executable, "-m", "actionprior.study.joint_stats", *(str(data / n) for n in collects),
+           "--marker", str(marker)]  # fmt: skip
+    units.append(
+        Unit(
+            "collect/joint-stats",
+            "collect",
+            tuple(f"collect/{n}" for n in collects),
+            (marker,),
+            lambda cmd=cmd: cmd,
+        )
+    )
+
     def fit(run_dir: Path, configs: list[str], datasets: list[Path], steps: int, *extra: str) -> Callable:
         def command() -> list[str]:
             cmd = ["fit"]
@@ -207,7 +221,7 @@ def build_plan(root: Path, preset: Preset) -> list[Unit]:
     stage1 = default_config_arg("stage1.yaml")
     for key, prior in PRIORS.items():
         run_dir = root / "stage1" / key
-        needs = tuple(f"collect/{d}" for d in prior["datasets"])
+        needs = (*(f"collect/{d}" for d in prior["datasets"]), "collect/joint-stats")
         units.append(
             Unit(f"stage1/{key}", "stage1", needs, (run_dir / "checkpoints" / "last.ckpt",),
                  fit(run_dir, [stage1], [data / d for d in prior["datasets"]], preset.stage1_steps,
@@ -222,7 +236,7 @@ def build_plan(root: Path, preset: Preset) -> list[Unit]:
            str(root / "stage1" / "as-1x" / "checkpoints" / "last.ckpt"), "--data", str(data / "rich"),
            str(data / "scarce"), "--out", str(out)]  # fmt: skip
     units.append(
-        Unit("analysis/initial-loss", "analysis", ("stage1/as-1x", "collect/rich", "collect/scarce"), (out,),
+        Unit("analysis/initial-loss", "analysis", ("stage1/as-1x", "collect/joint-stats"), (out,),
              lambda cmd=cmd: cmd)
     )  # fmt: skip
 
@@ -234,7 +248,7 @@ def build_plan(root: Path, preset: Preset) -> list[Unit]:
             configs = [stage2, default_config_arg(f"ablations/{row.ablation}.yaml"), str(callbacks)]
             extra = [f"--seed_everything={seed}", f"--data.seed={seed}",
                      f"--checkpoint.every_n_train_steps={preset.early_step}"]  # fmt: skip
-            needs = ("collect/rich", "collect/scarce")
+            needs = ("collect/rich", "collect/scarce", "collect/joint-stats")
             if row.prior:
                 extra.append(f"--stage1_ckpt={root / 'stage1' / row.prior / 'checkpoints' / 'last.ckpt'}")
                 needs += (f"stage1/{row.prior}",)
