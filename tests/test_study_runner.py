@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from actionprior.study import ablations
-from actionprior.study.plan import PRESETS, RICH, ROWS, SCARCE, build_plan, slug
+from actionprior.study.plan import PRESETS, RICH, ROWS, SCARCE, build_plan, eval_parts, slug
 from actionprior.study.report import collect_figures, write_report
 from actionprior.study.runner import Ledger, run_units
 from actionprior.study.stats import wilson
@@ -105,7 +105,8 @@ def test_plan_covers_every_row_and_seed(tmp_path):
     for row in ROWS:
         for seed in PRESET.seeds:
             assert f"stage2/{slug(row.name)}/seed{seed}" in keys
-            assert f"eval/{slug(row.name)}/seed{seed}/final-scarce" in keys
+            assert f"eval/{slug(row.name)}/seed{seed}/final-all" in keys  # equal counts: one evaluation call
+    assert [p for p, _, _ in eval_parts(PRESETS["full"])] == ["rich", "scarce"]  # Panda gets more episodes
     order = {k: i for i, k in enumerate(keys)}
     assert all(order[n] < order[u.key] for u in units for n in u.needs)
     # The 4x prior reads the trajectory-only datasets; Stage 2 never does.
@@ -136,7 +137,7 @@ def test_interrupted_study_resumes_from_the_ledger(tmp_path):
     unseen = f"stage2/{slug(ROWS[5].name)}/seed0"
     assert unseen in summary.skipped
     assert "needs new-embodiment adaptation" in Ledger(tmp_path / "ledger.json").entries[unseen]["note"]
-    assert f"eval/{slug(ROWS[5].name)}/seed0/final-rich" in summary.blocked
+    assert f"eval/{slug(ROWS[5].name)}/seed0/final-all" in summary.blocked
 
     third = FakeExecutor()
     again = run_units(units, tmp_path, third, quiet)

@@ -23,10 +23,15 @@ PARTS = ("rich", "scarce")
 
 
 def _episodes(root: Path, row: str, seed: int, point: str, part: str) -> list[dict[str, Any]] | None:
-    path = root / "eval" / slug(row) / f"seed{seed}" / f"{point}-{part}" / "report.json"
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())["episodes"]
+    """The episodes of one part (rich: every embodiment but the scarce one), from its own evaluation or
+    from a joint one (``<point>-all``)."""
+    folder = root / "eval" / slug(row) / f"seed{seed}"
+    for name in (f"{point}-{part}", f"{point}-all"):
+        path = folder / name / "report.json"
+        if path.exists():
+            episodes = json.loads(path.read_text())["episodes"]
+            return [e for e in episodes if (e["embodiment"] == SCARCE) == (part == "scarce")]
+    return None
 
 
 def outcomes(root: Path, preset: Preset, row: str, point: str, parts: tuple[str, ...]) -> dict[int, dict]:
