@@ -38,12 +38,16 @@ class EarlyTrainingProbe(Callback):
             "grad_backbone": [],
             "grad_action": [],
         }
+        if self.out.exists():  # a resumed run continues its own record instead of overwriting it
+            stored = json.loads(self.out.read_text())
+            if isinstance(stored, dict) and set(stored) == set(self.record):
+                self.record = stored
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ):
         step = trainer.global_step
-        if step >= self.steps or (self.record["steps"] and self.record["steps"][-1] == step):
+        if step >= self.steps or (self.record["steps"] and self.record["steps"][-1] >= step):
             return
         vla = pl_module.model
         backbone = [p for p in vla.backbone.parameters() if p.requires_grad]
