@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from actionprior.data.synthetic import write_synthetic_dataset
 from actionprior.training.lightning_cli import run
@@ -77,4 +76,20 @@ def test_stage1_mean_start_puts_every_z_prime_at_the_mean_latent(stage1, tmp_pat
 def test_zhead_init_is_validated():
     with pytest.raises(ValueError, match="zhead_init must be one of"):
         ActionPriorTransfer(zhead_init="zeros")
-    assert torch.isfinite(torch.zeros(1)).all()
+
+
+def test_probe_of_a_resumed_run_keeps_its_record(tmp_path):
+    from actionprior.study.probe import EarlyTrainingProbe
+
+    out = tmp_path / "probe.json"
+    record = {
+        "steps": [0, 1],
+        "pred_loss": [2.0, 1.9],
+        "grad_backbone": [0.0, 0.1],
+        "grad_action": [3.0, 2.0],
+    }
+    out.write_text(json.dumps(record))
+    probe = EarlyTrainingProbe(str(out), steps=5)
+    assert probe.record == record
+    probe.on_train_end(None, None)  # nothing new recorded: the file keeps both steps
+    assert json.loads(out.read_text()) == record
