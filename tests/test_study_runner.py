@@ -152,6 +152,8 @@ def test_report_from_a_finished_study(tmp_path):
     assert main["scarce"]["estimate"] == 1.0 and base["scarce"]["estimate"] == 0.5
     assert main["scarce_vs_no_prior"]["estimate"] == pytest.approx(0.5)
     assert main["rich_vs_no_prior"]["estimate"] == 0.0
+    assert fig["pairs"]["history_vs_prior"]["estimate"] == 0.0  # the fake prior rows succeed alike
+    assert fig["pairs"]["1x_vs_no_prior_early"]["estimate"] == pytest.approx(2 / 14)  # 2 of 7 tasks differ
     assert fig["rows"]["unseen robot (prior without Panda)"]["skipped"].startswith("needs new-embodiment")
     assert fig["probe_ratios"]["initial_pred_loss_no_prior_over_prior"] == pytest.approx(1.5 / 4.0)
     assert fig["data"]["scarce_fraction_stage2"] == pytest.approx(200 / (200 + 500))

@@ -20,6 +20,8 @@ BASELINE = "no prior"
 MAIN = "action-state prior"
 ZMEAN = "action-state prior, z' head at mean latent"
 SCALED = "action-state prior, 4x Stage 1 data"
+HISTORY = "+ history"
+ACTION_ONLY = "action-only prior"
 PARTS = ("rich", "scarce")
 
 
@@ -145,6 +147,20 @@ def collect_figures(root: Path, preset: Preset) -> dict[str, Any]:
         if row.probe:
             figures["probe"][row.name] = _probe(root, preset, row.name)
 
+    # Paired comparisons between prior rows (same evaluation episodes): what each claim is about.
+    def final(name: str, point: str = "final") -> dict[int, dict]:
+        return outcomes(root, preset, name, point, PARTS)
+
+    pairs = {
+        "history_vs_prior": _paired(final(HISTORY), final(MAIN)),
+        "action_state_vs_action_only": _paired(final(MAIN), final(ACTION_ONLY)),
+        "zmean_vs_default_head": _paired(final(ZMEAN), final(MAIN)),
+        "4x_vs_1x_final": _paired(final(SCALED), final(MAIN)),
+        "4x_vs_1x_early": _paired(final(SCALED, "early"), final(MAIN, "early")),
+        "1x_vs_no_prior_early": _paired(final(MAIN, "early"), final(BASELINE, "early")),
+    }
+    figures["pairs"] = {k: v.to_dict() if v else None for k, v in pairs.items()}
+
     p, s = figures["probe"].get(MAIN), figures["probe"].get(BASELINE)
     if p and s:
         figures["probe_ratios"] = {
@@ -205,20 +221,19 @@ def claims(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("… and small on the data-rich ones", "64.3 → 66.5 (+2.2)", _pct(main.get("rich_vs_no_prior"), True),
          _verdict(main.get("rich_vs_no_prior"))),
     ]  # fmt: skip
-    ao, hist = rows.get("action-only prior", {}), rows.get("+ history", {})
-    out.append(("action-only prior helps less than action-state", "+0.8 vs +3.7 (sim)",
-                f"{_pct(ao.get('overall_vs_no_prior'), True)} vs {_pct(main.get('overall_vs_no_prior'), True)}",
-                "yes" if ao.get("overall_vs_no_prior") and main.get("overall_vs_no_prior")
-                and ao["overall_vs_no_prior"]["estimate"] < main["overall_vs_no_prior"]["estimate"] else "not shown"))  # fmt: skip
-    out.append(("the history token adds on top", "64.9 → 68.0", _pct(hist.get("overall")), _verdict(hist.get("overall_vs_no_prior"))
-                + " (vs no prior)"))  # fmt: skip
+    pairs = fig.get("pairs", {})
+    out.append(("action-state prior beats action-only prior", "+3.7 vs +0.8 over no prior (sim)",
+                f"action-state − action-only = {_pct(pairs.get('action_state_vs_action_only'), True)}",
+                _verdict(pairs.get("action_state_vs_action_only"))))  # fmt: skip
+    out.append(("the history token adds on top of the prior", "64.9 → 68.0",
+                f"history − prior = {_pct(pairs.get('history_vs_prior'), True)}", _verdict(pairs.get("history_vs_prior"))))  # fmt: skip
     sc = fig.get("scaling", {})
     one, four = sc.get(MAIN, {}), sc.get(SCALED, {})
     if one.get("early") and four.get("early"):
-        better = four["early"]["estimate"] > one["early"]["estimate"]
-        ours = f"{_pct(sc.get(BASELINE, {}).get('early'))} → {_pct(one['early'])} → {_pct(four['early'])} (step {one['early_step']})"
+        ours = (f"{_pct(sc.get(BASELINE, {}).get('early'))} → {_pct(one['early'])} → {_pct(four['early'])} "
+                f"(step {one['early_step']}); 4× − 1× = {_pct(pairs.get('4x_vs_1x_early'), True)}")  # fmt: skip
         out.append(("4× Stage 1 data improves early Stage 2 success", "21.2 → 32.2 → 35.4 (5k steps)", ours,
-                    "direction only" if better else "no"))  # fmt: skip
+                    _verdict(pairs.get("4x_vs_1x_early"))))  # fmt: skip
     else:
         out.append(
             (
@@ -241,10 +256,12 @@ def claims(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "—" if frac is None else ("yes" if frac <= 0.2 else "no")))  # fmt: skip
     zm = rows.get(ZMEAN, {})
     if zm.get("overall") and main.get("overall"):
-        keep = "stage1_mean" if zm["overall"]["estimate"] > main["overall"]["estimate"] else "default"
+        diff = pairs.get("zmean_vs_default_head")
+        keep = "stage1_mean" if diff and diff["low"] > 0 else "default"
         out.append(("(ours) z' head started at the mean Stage 1 latent", "—",
-                    f"{_pct(zm['overall'])} vs {_pct(main['overall'])} (default head)",
-                    f"best measured: {keep}" + ("" if keep == "default" else " (default kept until confirmed)")))  # fmt: skip
+                    f"{_pct(zm['overall'])} vs {_pct(main['overall'])} (default head); Δ = {_pct(diff, True)}",
+                    f"keep {keep}" + (" (mean-latent start better, interval above 0)" if keep != "default"
+                                      else " (no significant gain from the mean-latent start)")))  # fmt: skip
     un = rows.get("unseen robot (prior without Panda)", {})
     out.append(("a prior helps an embodiment it never saw", "not evaluated",
                 un.get("skipped") or _pct(un.get("scarce_vs_no_prior"), True),
