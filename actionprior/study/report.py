@@ -383,7 +383,8 @@ def make_plots(root: Path, fig: dict[str, Any]) -> list[Path]:
                                   [100 * (c["high"] - c["estimate"]) for _, c in pts]], marker="o", capsize=3, label=name)  # fmt: skip
         ax.set_xlabel("Stage 2 step")
         ax.set_ylabel("overall success %")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         f.tight_layout()
         paths.append(_save(f, root / "scaling.png"))
     probes = {n: p for n, p in fig["probe"].items() if p}
