@@ -63,8 +63,8 @@ bench-train: install  ## Stage 2 training throughput/MFU/memory matrix (+ loader
 bench-gpu: install  ## every scale benchmark on a GPU machine in ~10 min (training matrix + 2B latency) -> runs/bench/gpu_session
 	PY=$(PY) bash benchmarks/gpu_session.sh
 
-reproduce: install  ## the paper's ablation table on sim-default (no prior / action-only / action-state / + history)
-	$(PY) -m actionprior.study.ablations --data $(DATA) $(ARGS)
+reproduce: install  ## the paper's claims as one resumable study -> runs/reproduce/report.md (ARGS=--quick: < 45 min)
+	$(PY) -m actionprior.study $(ARGS)
 
 clean-runs:  ## delete training runs (not datasets)
 	rm -rf runs lightning_logs

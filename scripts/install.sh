@@ -23,5 +23,6 @@ PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch is pinned with == in pyproject.toml: a looser range would pull a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install -q -e ".[sim,dev]"
+# study: matplotlib for the study's plots; cloud: lightning-sdk, whose own CLI parser a launcher test uses.
+"$VENV/bin/python" -m pip install -q -e ".[sim,dev,study,cloud]"
 "$VENV/bin/python" -c "import torch, lightning, transformers, webdataset, metaworld, actionprior.sim.robosuite_env, robosuite; print('actionprior environment ready: torch', torch.__version__)"

@@ -186,6 +186,8 @@ def _check_shard(
             report.add(manifest_path, key, f"episode key listed in shards '{seen_keys[key]}' and '{name}'")
         seen_keys[key] = name
     for field, with_frames in (("traj", False), ("obs", True)):
+        if field == "obs" and shard[field] is None:  # a trajectory-only dataset (collect --no-images)
+            continue
         path = report.dir / shard[field]
         if not path.exists():
             report.add(path, "", f"shard file listed in manifest.json (shard '{name}') is missing")

@@ -22,7 +22,7 @@ from actionprior.data.schema import DataError, Episode
 from actionprior.data.shards import ShardSource, View, iter_episodes, shard_source
 from actionprior.data.stats import merge_stats
 from actionprior.data.stream import WindowStream, default_camera_names
-from actionprior.data.writer import load_manifest, load_stats
+from actionprior.data.writer import dataset_views, load_manifest, load_stats
 from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,13 @@ class ActionPriorDataModule(L.LightningDataModule):
         self.image_size = image_size
 
         self.manifests = {str(Path(s.path)): load_manifest(s.path) for s in self.sources}
+        if view == "observation":
+            for path, manifest in self.manifests.items():
+                if "observation" not in dataset_views(manifest):
+                    raise DataError(
+                        f"{path}: a trajectory-only dataset (no obs-*.tar, collected with --no-images) cannot "
+                        "feed Stage 2's observation view; list it in Stage 1's data.datasets only"
+                    )
         self._registry = registry_from_manifests(self.manifests)
         stats = merge_stats(load_stats(s.path) for s in self.sources)
         self.stats_origin = dict.fromkeys(self._registry.names, "data")

@@ -3,6 +3,10 @@
 Each call to :meth:`DatasetWriter.add_shard` writes one ``traj-<name>.tar`` / ``obs-<name>.tar`` pair
 atomically (temporary file + rename) and then rewrites the manifest atomically, so an interrupted
 collection can resume by skipping the shards its manifest already lists.
+
+A *trajectory-only* dataset (``views=("trajectory",)``, e.g. ``data collect --no-images``) writes the
+``traj-`` tar alone; its manifest records ``"views": ["trajectory"]`` and its shard entries ``"obs": null``.
+A manifest without ``views`` (every dataset written before the key existed) has both views.
 """
 
 from __future__ import annotations
@@ -69,6 +73,19 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+ALL_VIEWS = ("trajectory", "observation")
+
+
+def dataset_views(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The views a dataset can serve (both, unless its manifest says otherwise)."""
+    views = manifest.get("views", list(ALL_VIEWS))
+    if not isinstance(views, list) or not set(views) <= set(ALL_VIEWS) or "trajectory" not in views:
+        raise DataError(
+            f"manifest.json: 'views' must list 'trajectory' and optionally 'observation', got {views!r}"
+        )
+    return tuple(views)
+
+
 def load_stats(directory: str | Path) -> dict[str, Any]:
     """The validated per-embodiment statistics of a dataset (finite, within the sanity cap, ordered)."""
     where = f"{directory}/{STATS_FILE}"
@@ -86,12 +103,27 @@ def load_stats(directory: str | Path) -> dict[str, Any]:
 
 
 class DatasetWriter:
-    def __init__(self, directory: str | Path, registry: EmbodimentRegistry, name: str | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        registry: EmbodimentRegistry,
+        name: str | None = None,
+        views: Sequence[str] = ALL_VIEWS,
+    ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.registry = registry
+        self.views = tuple(v for v in ALL_VIEWS if v in views)
+        if "trajectory" not in self.views:
+            raise DataError(f"{self.dir}: a dataset always has the trajectory view, got views {list(views)}")
         if (self.dir / MANIFEST_FILE).exists():
             self.manifest = load_manifest(self.dir)
+            stored = dataset_views(self.manifest)
+            if stored != self.views:
+                raise DataError(
+                    f"{self.dir / MANIFEST_FILE}: the dataset has views {list(stored)} but this run writes "
+                    f"{list(self.views)}; resume with the same --no-images setting or use another --out"
+                )
         else:
             self.manifest = {
                 "schema_version": SCHEMA_VERSION,
@@ -100,6 +132,8 @@ class DatasetWriter:
                 "shards": [],
                 "collection": {},
             }
+            if self.views != ALL_VIEWS:
+                self.manifest["views"] = list(self.views)
 
     def has_shard(self, name: str) -> bool:
         return any(s["name"] == name for s in self.manifest["shards"])
@@ -112,7 +146,8 @@ class DatasetWriter:
             raise DataError(f"shard '{name}' already exists in {self.dir}")
         for ep in episodes:
             check_episode_dims(ep, self.registry[ep.embodiment])
-        self.record_shard(write_shard_files(self.dir, name, episodes), collection)
+        observation = "observation" in self.views
+        self.record_shard(write_shard_files(self.dir, name, episodes, observation), collection)
 
     def record_shard(self, entry: dict[str, Any], collection: dict[str, Any] | None = None) -> None:
         """List a shard pair already written by :func:`write_shard_files` (possibly in another process)."""
@@ -139,8 +174,12 @@ def check_episode_dims(ep: Episode, spec: EmbodimentSpec) -> None:
         )
 
 
-def write_shard_files(directory: str | Path, name: str, episodes: Sequence[Episode]) -> dict[str, Any]:
+def write_shard_files(
+    directory: str | Path, name: str, episodes: Sequence[Episode], observation: bool = True
+) -> dict[str, Any]:
     """Write the ``traj-``/``obs-`` tar pair of one shard atomically; returns its manifest entry.
+
+    ``observation=False`` writes the ``traj-`` tar only (a trajectory-only dataset; the entry's ``obs`` is None).
 
     Separate from :class:`DatasetWriter` so that worker processes can encode and write shards in parallel
     while one process alone owns the manifest (``DatasetWriter.record_shard``).
@@ -148,17 +187,20 @@ def write_shard_files(directory: str | Path, name: str, episodes: Sequence[Episo
     directory = Path(directory)
     traj_file, obs_file = f"{TRAJ_PREFIX}{name}.tar", f"{OBS_PREFIX}{name}.tar"
     tmp_traj, tmp_obs = directory / (traj_file + ".tmp"), directory / (obs_file + ".tmp")
-    with wds.TarWriter(str(tmp_traj)) as traj_sink, wds.TarWriter(str(tmp_obs)) as obs_sink:
+    with wds.TarWriter(str(tmp_traj)) as traj_sink:
         for ep in episodes:
-            traj, obs = episode_to_samples(ep)
-            traj_sink.write(traj)
-            obs_sink.write(obs)
+            traj_sink.write(episode_to_samples(ep)[0])
+    if observation:
+        with wds.TarWriter(str(tmp_obs)) as obs_sink:
+            for ep in episodes:
+                obs_sink.write(episode_to_samples(ep)[1])
     os.replace(tmp_traj, directory / traj_file)
-    os.replace(tmp_obs, directory / obs_file)
+    if observation:
+        os.replace(tmp_obs, directory / obs_file)
     return {
         "name": name,
         "traj": traj_file,
-        "obs": obs_file,
+        "obs": obs_file if observation else None,
         "episodes": [
             {"key": ep.key, "embodiment": ep.embodiment, "task": ep.task, "length": len(ep)}
             for ep in episodes

@@ -144,6 +144,22 @@ class VLA(nn.Module):
     def from_config(cls, backbone: VLMBackbone, prior: ActionPrior, config: VLAConfig) -> VLA:
         return cls(backbone, prior, config.num_queries, config.use_history, config.head_hidden)
 
+    @torch.no_grad()
+    def start_latent_head_at(self, latent: Tensor) -> None:
+        """Make ``z'`` start at ``latent`` for every observation: last layer weight 0, bias ``latent``.
+
+        A freshly initialised head puts ``z'`` at an arbitrary point of the latent space, where the Stage 1
+        decoder's loss is high; starting at the mean Stage 1 latent is the closest observation-independent
+        guess. Like adaLN-zero, the zero weight still receives gradient, so the head learns from step 0.
+        """
+        last = self.latent_head[-1]
+        if latent.shape != last.bias.shape:
+            raise ValueError(
+                f"latent head start: expected shape {tuple(last.bias.shape)}, got {tuple(latent.shape)}"
+            )
+        last.weight.zero_()
+        last.bias.copy_(latent.to(last.bias))
+
     # ------------------------------------------------------------------ pieces
     @property
     def latent_dim(self) -> int:

@@ -6,6 +6,10 @@ each with a seed derived from (base seed, embodiment, task, unit, attempt). Unit
 processes; the parent process alone writes shards, so the manifest has a single writer. Re-running skips
 the units whose shard the manifest already lists, and produces identical arrays for the same seed.
 Only successful demonstrations are kept; failures are counted in the manifest's ``collection`` records.
+
+``--no-images`` collects state-action trajectories only: no camera is rendered (the costly part of a robosuite
+step) and only ``traj-*.tar`` shards are written; the manifest says ``"views": ["trajectory"]``, so Stage 1
+can mix the dataset in and Stage 2 refuses it by name.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from actionprior.data.schema import Episode
+from actionprior.data.schema import DataError, Episode
 from actionprior.data.writer import DatasetWriter
 from actionprior.embodiments import DEFAULT_EMBODIMENT_DIR, EmbodimentRegistry
 from actionprior.sim.base import SimEnv, SimError, ensure_gl_backend
@@ -138,16 +142,22 @@ def _init_worker(progress: Any) -> None:
     ensure_gl_backend()
 
 
-def _env_for(unit: Unit, suite: Suite, registry: EmbodimentRegistry, image_size: int, seed: int):
+def _env_for(
+    unit: Unit, suite: Suite, registry: EmbodimentRegistry, image_size: int, seed: int, images: bool = True
+):
     from actionprior.sim import make_env, make_expert
 
     # The build seed is the base seed: robosuite draws model-time randomness (e.g. the Lift cube's size)
     # when the env is built, so it must not depend on which worker or unit happened to build it.
-    key = (unit.embodiment, unit.task, image_size)
+    key = (unit.embodiment, unit.task, image_size if images else 0)
     built = time.perf_counter()
     if key not in _ENV_CACHE:
         close_cached_envs()
-        env = make_env(unit.embodiment, unit.task, seed, image_size, suite=suite, registry=registry)
+        # No cameras at all without images: the renderer then never runs (the simulation is unchanged).
+        cameras = None if images else ()
+        env = make_env(
+            unit.embodiment, unit.task, seed, image_size, cameras=cameras, suite=suite, registry=registry
+        )
         _ENV_CACHE[key] = (env, make_expert(env))
     env, expert = _ENV_CACHE[key]
     return env, expert, time.perf_counter() - built
@@ -161,12 +171,17 @@ def close_cached_envs() -> None:
 
 
 def run_unit(
-    unit: Unit, suite: Suite, registry: EmbodimentRegistry, base_seed: int, image_size: int
+    unit: Unit,
+    suite: Suite,
+    registry: EmbodimentRegistry,
+    base_seed: int,
+    image_size: int,
+    images: bool = True,
 ) -> UnitResult:
     start = time.perf_counter()
     entry = suite.entry(unit.embodiment, unit.task)
     spec = registry[unit.embodiment]
-    env, expert, build_seconds = _env_for(unit, suite, registry, image_size, base_seed)
+    env, expert, build_seconds = _env_for(unit, suite, registry, image_size, base_seed, images)
     episodes: list[Episode] = []
     failed: list[int] = []
     attempt = 0
@@ -192,7 +207,7 @@ def run_unit(
                         "attempt": attempt,
                         "sim_env": entry.env,
                         "simulator": spec.sim.get("simulator"),
-                        "image_size": image_size,
+                        "image_size": image_size if images else None,
                         "source": f"scripted-expert:{suite.name}",
                     },
                 )
@@ -259,11 +274,13 @@ def collect(
     shard_episodes: int = DEFAULT_SHARD_EPISODES,
     registry: EmbodimentRegistry | None = None,
     console: Console | None = None,
+    images: bool = True,
 ) -> CollectReport:
     """Collect (or resume collecting) successful expert demonstrations of every suite entry into ``out_dir``.
 
     ``workers <= 1`` runs in this process (no process start-up cost); otherwise a 'spawn' pool is used,
-    each worker building its own simulators.
+    each worker building its own simulators. ``images=False`` renders no camera and writes a trajectory-only
+    dataset (Stage 1 data; the observation view refuses it).
     """
     start = time.perf_counter()
     console = console or Console()
@@ -272,7 +289,8 @@ def collect(
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     units = plan_units(suite, episodes_per_task, shard_episodes)
-    writer = DatasetWriter(out_dir, registry, name=suite.name)
+    views = ("trajectory", "observation") if images else ("trajectory",)
+    writer = DatasetWriter(out_dir, registry, name=suite.name, views=views)
     todo = [u for u in units if not writer.has_shard(u.name)]
     per_task: dict[tuple[str, str], dict[str, float]] = {
         (e.embodiment, e.task): dict.fromkeys(("successes", "attempts", "run_attempts", "seconds"), 0.0)
@@ -322,7 +340,7 @@ def collect(
             _PROGRESS = None
             try:
                 for unit in todo:
-                    result = run_unit(unit, suite, registry, seed, image_size)
+                    result = run_unit(unit, suite, registry, seed, image_size, images)
                     for _ in range(len(result.episodes)):
                         on_attempt(True)
                     for _ in range(result.attempts - len(result.episodes)):
@@ -334,7 +352,9 @@ def collect(
             ctx = mp.get_context("spawn")
             updates = ctx.Queue()
             with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(updates,)) as pool:
-                pending = [pool.apply_async(run_unit, (u, suite, registry, seed, image_size)) for u in todo]
+                pending = [
+                    pool.apply_async(run_unit, (u, suite, registry, seed, image_size, images)) for u in todo
+                ]
                 while pending:
                     try:
                         _, success = updates.get(timeout=0.2)
@@ -386,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EMBODIMENT[/TASK]",
         help="collect only these suite entries (several after one flag, or the flag repeated)",
     )
+    p.add_argument(
+        "--no-images",
+        action="store_true",
+        help="state-action trajectories only: no cameras rendered, traj shards only (Stage 1 data)",
+    )
     return p
 
 
@@ -404,8 +429,9 @@ def cli_main(argv: Sequence[str]) -> int:
             image_size=args.image_size,
             shard_episodes=args.shard_episodes,
             console=console,
+            images=not args.no_images,
         )
-    except (SuiteError, SimError, ValueError) as exc:
+    except (SuiteError, SimError, ValueError, DataError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     console.print(report.table())

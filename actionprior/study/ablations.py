@@ -1,121 +1,85 @@
-"""The paper's ablation table on the simulated suite: no prior / action-only prior / action-state prior /
-action-state prior + history, each trained with the same Stage 2 budget and evaluated in closed loop.
+"""The paper's claims as one resumable study: ``make reproduce`` (``python -m actionprior.study``).
 
-Every row is a configuration of the same code (``configs/ablations/*.yaml``). Stage 1 is trained once per
-prior kind (action-state, action-only) and shared by the rows that need it; runs that already finished are
-resumed (``--ckpt_path last``) rather than retrained, so the script can be interrupted and rerun.
+In one mixture where robosuite Panda is scarce (about 5-10 % of Stage 2 frames): the ablation rows (no prior /
+action-only / action-state / + history) over several training seeds on fixed evaluation seeds, Stage 1 data
+scaling (1x vs 4x trajectories, incl. trajectory-only data), an unseen robot, the early-training probe, and
+the wall-clock of Stage 1. Writes ``<runs>/report.md``, ``figures.json`` and PNG plots.
 
-    .venv/bin/python actionprior/study/ablations.py                                  # the CPU defaults (~1 h)
-    .venv/bin/python actionprior/study/ablations.py --stage2-steps 1000 --eval-episodes-per-task 5
-    make reproduce                                                            # the same
+    python -m actionprior.study                 # the full study (about 2.5 h on 2 cores)
+    python -m actionprior.study --quick         # reduced (under 45 min)
+    python -m actionprior.study --smoke         # wiring check (minutes)
+    python -m actionprior.study --report-only   # rebuild the report from what has finished
+
+Interrupt it at any point and rerun the same command: finished units (``<runs>/ledger.json``) are skipped and
+a cut-off training run resumes from its last checkpoint. ``--runs`` must not be shared between presets.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from actionprior.resources import default_config_arg
+from actionprior.study.plan import PRESETS, build_plan
+from actionprior.study.report import write_report
+from actionprior.study.runner import run_units
 
-# ./configs/<name> from a checkout's root, else actionprior:<name> (the shipped copy)
-STAGE1, STAGE2 = default_config_arg("stage1.yaml"), default_config_arg("stage2.yaml")
-# row name -> (ablation config, which Stage 1 prior it needs or None)
-ROWS = {
-    "no prior": (default_config_arg("ablations/no_prior.yaml"), None),
-    "action-only prior": (default_config_arg("ablations/action_only_prior.yaml"), "action_only"),
-    "action-state prior": (default_config_arg("ablations/action_state_prior.yaml"), "action_state"),
-    "+ history": (default_config_arg("ablations/action_state_prior_history.yaml"), "action_state"),
-}
-PRIORS = {
-    "action_state": ["--model.init_args.prior.use_state=true"],
-    "action_only": ["--model.init_args.prior.use_state=false"],
-}
-
-console = Console()
+KINDS = ("collect", "stage1", "analysis", "stage2", "eval")
 
 
-def run(cmd: list[str]) -> None:
-    console.print(f"[cyan]$ {' '.join(cmd)}[/]")
-    subprocess.run(cmd, check=True)
-
-
-def fit(configs: list[str], run_dir: Path, data: str, steps: int | None, *extra: str) -> Path:
-    cmd = [sys.executable, "-m", "actionprior.cli", "fit"]
-    for config in configs:
-        cmd += ["-c", config]
-    cmd += [
-        f"--data.datasets=[{{path: {data}}}]", f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger.init_args.save_dir={run_dir}", "--trainer.enable_progress_bar=false", *extra,
-    ]  # fmt: skip
-    if steps:
-        cmd.append(f"--trainer.max_steps={steps}")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
-        cmd.append("--ckpt_path=last")
-    run(cmd)
-    return last
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data_shards/sim-default")
-    p.add_argument("--runs", type=Path, default=Path("runs/ablations"))
-    p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/stage1.yaml")
-    p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/stage2.yaml")
-    p.add_argument("--eval-episodes-per-task", type=int, default=10)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
-    args = p.parse_args()
-
-    priors: dict[str, Path] = {}
-    for needed in sorted({ROWS[r][1] for r in args.rows} - {None}):
-        priors[needed] = fit(
-            [STAGE1],
-            args.runs / f"stage1-{needed}",
-            args.data,
-            args.stage1_steps,
-            *PRIORS[needed],
-        )
-    reports: dict[str, dict] = {}
-    for row in args.rows:
-        config, prior = ROWS[row]
-        slug = Path(config).stem
-        extra = [f"--stage1_ckpt={priors[prior]}"] if prior else []
-        ckpt = fit([STAGE2, config], args.runs / slug, args.data, args.stage2_steps, *extra)
-        out = args.runs / f"eval-{slug}"
-        run([
-            sys.executable, "-m", "actionprior.cli", "eval", "--ckpt", str(ckpt), "--suite", "sim-default",
-            "--episodes-per-task", str(args.eval_episodes_per_task), "--workers", str(args.workers), "--out", str(out),
-        ])  # fmt: skip
-        reports[row] = json.loads((out / "report.json").read_text())
-
-    embodiments = sorted({e for r in reports.values() for e in r["per_embodiment"]})
-    table = Table(
-        title=f"closed-loop success on sim-default ({args.eval_episodes_per_task} episodes per task)"
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m actionprior.study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    table.add_column("embodiment")
-    for row in reports:
-        table.add_column(row, justify="right")
-    for emb in embodiments:
-        table.add_row(
-            emb, *(f"{100 * r['per_embodiment'][emb]['success_rate']:.0f}" for r in reports.values())
-        )
-    table.add_row(
-        "overall", *(f"{100 * r['overall']['success_rate']:.1f}" for r in reports.values()), style="bold"
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="preset", help="the reduced study")
+    size.add_argument("--smoke", action="store_const", const="smoke", dest="preset", help="a wiring check")
+    p.add_argument("--runs", type=Path, default=None, help="run folder (default runs/reproduce[-<preset>])")
+    p.add_argument("--only", nargs="+", choices=KINDS, help="run only these unit kinds (the rest wait)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished units")
+    p.add_argument("--publish", type=Path, default=None, help="copy report.md and the PNGs into this folder")
+    p.add_argument(
+        "--data", default=None, help="ignored (the study collects its own mixture); kept for make DATA="
     )
-    console.print(table)
-    summary = {
-        row: {"overall": r["overall"], "per_embodiment": r["per_embodiment"]} for row, r in reports.items()
-    }
-    (args.runs / "ablations.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"written: {args.runs / 'ablations.json'}")
+    p.set_defaults(preset="full")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    root = args.runs or Path("runs/reproduce" + ("" if preset.name == "full" else f"-{preset.name}"))
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / "preset.json"
+    if marker.exists() and json.loads(marker.read_text()).get("name") != preset.name:
+        console.print(f"[red]error:[/] {root} holds a '{json.loads(marker.read_text())['name']}' study; "
+                      f"use another --runs for the '{preset.name}' preset")  # fmt: skip
+        return 2
+    marker.write_text(json.dumps(preset.to_dict(), indent=2))
+    code = 0
+    if not args.report_only:
+        summary = run_units(build_plan(root, preset), root, console=console, only_kinds=args.only)
+        console.print(
+            f"units: {len(summary.done)} run, {len(summary.resumed)} already finished, "
+            f"{len(summary.skipped)} skipped, {len(summary.failed)} failed, {len(summary.blocked)} waiting"
+        )
+        code = 1 if summary.failed else 0
+    report = write_report(root, preset)
+    console.print(f"report: {report}")
+    if args.publish:
+        args.publish.mkdir(parents=True, exist_ok=True)
+        for path in [report, root / "figures.json", *root.glob("*.png")]:
+            shutil.copy2(path, args.publish / path.name)
+        console.print(f"published to {args.publish}")
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -24,12 +24,42 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from actionprior.checkpoint import StoredCheckpoint, check_adaptable
 from actionprior.models.adaptation import AdaptationReport, transfer_prior_weights
 
 log = logging.getLogger(__name__)
+
+
+ZHEAD_INITS = ("default", "stage1_mean")
+
+
+@torch.no_grad()
+def mean_stage1_latent(pl_module: L.LightningModule, datamodule: Any, batches: int) -> torch.Tensor:
+    """Mean ``z = enc(window)`` of the loaded Stage 1 encoder over the first training ``batches``.
+
+    Reads a stream of its own (the training loader is untouched) under a forked RNG, so the training run
+    draws exactly the same random numbers with and without this initialisation.
+    """
+    vla = pl_module.model
+    device = pl_module.device
+    total, count = None, 0
+    with torch.random.fork_rng(devices=[]):
+        for i, batch in enumerate(datamodule.make_stream("train")):
+            if i >= batches:
+                break
+            as_tensor = {
+                k: torch.as_tensor(batch[k]).to(device)
+                for k in ("state", "action", "step_mask", "embodiment_id")
+            }
+            z = vla.target_latent(as_tensor)
+            total = z.sum(0) if total is None else total + z.sum(0)
+            count += z.shape[0]
+    if not count:
+        raise ValueError("ActionPriorTransfer: zhead_init=stage1_mean found no training window to encode")
+    return total / count
 
 
 def lambda_schedule(step: int, decay_steps: int) -> float:
@@ -45,14 +75,30 @@ class ActionPriorTransfer(Callback):
     Args:
         stage1_ckpt: the Stage 1 checkpoint (``--stage1_ckpt`` on the CLI sets it).
         decay_steps: N_decay, the optimizer step at which lambda reaches 0 (paper: 5000).
+        zhead_init: how the ``z'`` head starts when a prior is loaded: ``default`` (PyTorch's initialisation)
+            or ``stage1_mean`` (``z'`` starts at the mean Stage 1 latent of ``zhead_init_batches`` training
+            batches, see ``VLA.start_latent_head_at``). Only a fresh Stage 2 run is affected.
+        zhead_init_batches: training batches encoded for the mean latent.
     """
 
-    def __init__(self, stage1_ckpt: str | None = None, decay_steps: int = 5000):
+    def __init__(
+        self,
+        stage1_ckpt: str | None = None,
+        decay_steps: int = 5000,
+        zhead_init: str = "default",
+        zhead_init_batches: int = 4,
+    ):
         super().__init__()
         if decay_steps < 1:
             raise ValueError(f"ActionPriorTransfer: decay_steps must be >= 1, got {decay_steps}")
+        if zhead_init not in ZHEAD_INITS:
+            raise ValueError(
+                f"ActionPriorTransfer: zhead_init must be one of {ZHEAD_INITS}, got '{zhead_init}'"
+            )
         self.stage1_ckpt = stage1_ckpt
         self.decay_steps = decay_steps
+        self.zhead_init = zhead_init
+        self.zhead_init_batches = max(1, int(zhead_init_batches))
         # The checkpoint already read by the CLI (so that a Stage 2 start reads the file once).
         self.stage1: StoredCheckpoint | None = None
 
@@ -81,6 +127,17 @@ class ActionPriorTransfer(Callback):
         elif self.stage1_ckpt:
             self.load_into(pl_module, self.stage1 or StoredCheckpoint.read(self.stage1_ckpt))
             self.stage1 = None  # the weights are in the module now; do not hold a second copy
+            if self.zhead_init == "stage1_mean":
+                datamodule = getattr(trainer, "datamodule", None)
+                if datamodule is None:
+                    raise ValueError(
+                        "ActionPriorTransfer: zhead_init=stage1_mean needs the trainer's DataModule"
+                    )
+                mean = mean_stage1_latent(pl_module, datamodule, self.zhead_init_batches)
+                pl_module.model.start_latent_head_at(mean)
+                log.info(
+                    "ActionPriorTransfer: z' head starts at the mean Stage 1 latent (norm %.3f)", mean.norm()
+                )
         else:
             raise ValueError(
                 "ActionPriorTransfer: Stage 2 starts from the Stage 1 action prior, but no checkpoint was given: "
