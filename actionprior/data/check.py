@@ -115,8 +115,9 @@ def _check(directory: Path, report: _Report, decode_frames: bool) -> None:
     transitions: dict[str, int] = {}
     seen_keys: dict[str, str] = {}
     listed_files: set[str] = set()
+    trajectory_only = manifest.get("views") == ["trajectory"]  # data collect --no-images: "obs": null
     for index, shard in enumerate(shards):
-        problems = shard_problems(index, shard)
+        problems = shard_problems(index, shard, trajectory_only)
         for field in ("traj", "obs"):
             if isinstance(shard, dict) and isinstance(shard.get(field), str):
                 listed_files.add(shard[field])

@@ -376,8 +376,10 @@ def manifest_problems(manifest: Any) -> list[str]:
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         return [*out, f"'shards' must be a list, got {show(shards)}"]
+    # A trajectory-only dataset (``data collect --no-images``) has ``"obs": null`` shard entries.
+    trajectory_only = manifest.get("views") == ["trajectory"]
     for i, shard in enumerate(shards):
-        out += shard_problems(i, shard)
+        out += shard_problems(i, shard, trajectory_only)
     return out
 
 
@@ -386,7 +388,7 @@ def shard_label(index: int, shard: Any) -> str:
     return name if isinstance(name, str) and SAFE_FILE_NAME.match(name) else f"#{index}"
 
 
-def shard_problems(index: int, shard: Any) -> list[str]:
+def shard_problems(index: int, shard: Any, trajectory_only: bool = False) -> list[str]:
     """Problems of one entry of the manifest's ``shards`` list (names, episode entries, counts' types)."""
     if not isinstance(shard, dict):
         return [f"shards[{index}] must be an object, got {show(shard)}"]
@@ -395,6 +397,8 @@ def shard_problems(index: int, shard: Any) -> list[str]:
     if label != shard.get("name"):
         out.append(f"shards[{index}].name must be a plain name, got {show(shard.get('name'))}")
     for field_ in ("traj", "obs"):
+        if field_ == "obs" and trajectory_only and shard.get("obs") is None:
+            continue
         try:
             check_file_name(shard.get(field_), f"shard '{label}' {field_}")
         except DataError as exc:
