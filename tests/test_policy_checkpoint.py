@@ -109,11 +109,16 @@ def test_policy_refuses_foreign_statistics(ckpt, tmp_path) -> None:
         PolicyCheckpointError, match=f"fingerprint {fp}, but the expected fingerprint gives 0000"
     ):
         Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats="0000")
-    same = tmp_path / "same.json"
-    same.write_text(json.dumps(tiny_stats(pol.registry)))
+    # A dataset's own stats.json (the format write_stats writes), as a file or as its folder: the exact
+    # statistics the model was trained with are accepted, others refused.
+    for name, seed in (("same", 0), ("other", 1)):
+        (tmp_path / name).mkdir()
+        payload = {"schema_version": 1, "embodiments": tiny_stats(pol.registry, seed=seed)}
+        (tmp_path / name / "stats.json").write_text(json.dumps(payload))
+    same = tmp_path / "same" / "stats.json"
     assert Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=same)
-    other = tmp_path / "stats.json"
-    other.write_text(json.dumps(tiny_stats(pol.registry, seed=1)))
+    assert Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=same.parent)
+    other = tmp_path / "other" / "stats.json"
     with pytest.raises(PolicyCheckpointError, match="stats.json gives .*wrong statistics"):
         Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=other)
     with pytest.raises(PolicyCheckpointError, match="does not record history_len"):

@@ -45,6 +45,11 @@ def test_stage2_takes_the_prior_settings_from_the_stage1_checkpoint(stage1, tmp_
     stored = settings_dict(StoredCheckpoint.read(ckpt).prior_config)
     assert stored["width"] == 32 and stored["latent_dim"] == 8 and stored["flow_alpha"] == 2.0
     assert hparams["prior"] == stored  # what Policy.from_checkpoint rebuilds the VLA with
+    # The dataset's own stats.json is accepted as the expected statistics of the trained policy (issue 12).
+    from actionprior.inference.policy import Policy
+
+    last = tmp_path / "s2" / "checkpoints" / "last.ckpt"
+    assert Policy.from_checkpoint(last, expected_stats=data / "stats.json").normalizer.fingerprint
     # Resuming without --stage1_ckpt takes them from the checkpoint being resumed.
     run(_stage2(data, tmp_path / "s2", "--ckpt_path", "last", "--trainer.max_steps", "2"))
     resumed = torch.load(tmp_path / "s2" / "checkpoints" / "last.ckpt", weights_only=True)

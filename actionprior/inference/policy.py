@@ -11,7 +11,6 @@ a server connection produces exactly the actions of an in-process policy with th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import torch
 from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.batch import BatchBuilder, to_torch
 from actionprior.data.normalization import Normalizer
+from actionprior.data.schema import STATS_FILE
+from actionprior.data.writer import load_stats
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
 from actionprior.inference.export import read_exported
@@ -187,19 +188,19 @@ class Policy(BasePolicy):
 def check_stats_fingerprint(normalizer: Normalizer, expected: str | Path | None, source: str) -> None:
     """Refuse a checkpoint whose statistics differ from ``expected``.
 
-    ``expected`` is a fingerprint string or a ``stats.json`` file (raw per-embodiment statistics); the
-    file is normalised with the checkpoint's mode and registry, so the comparison is like for like.
+    ``expected`` is a fingerprint string, a dataset's ``stats.json`` or the dataset folder itself. The file is
+    read like training reads it (:func:`~actionprior.data.writer.load_stats`: bounded, validated) and normalised
+    with the checkpoint's mode and registry, so the exact statistics a model was trained with are accepted.
     """
     if expected is None:
         return
     path = Path(expected)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"statistics file not found: {path}")
-        data = json.loads(path.read_text())
-        stats = data.get("stats", data) if isinstance(data, dict) else data
+    if path.is_dir() or path.suffix == ".json":
+        folder = path if path.is_dir() else path.parent
+        if not path.is_dir() and path.name != STATS_FILE:
+            raise PolicyCheckpointError(f"{path}: expected a dataset's {STATS_FILE} (or its folder)")
         try:
-            want = Normalizer(stats, normalizer.registry, normalizer.mode).fingerprint
+            want = Normalizer(load_stats(folder), normalizer.registry, normalizer.mode).fingerprint
         except (EmbodimentError, KeyError, TypeError) as exc:
             raise PolicyCheckpointError(f"{path}: cannot compare with {source}: {exc}") from exc
         label = f"statistics in {path}"
