@@ -166,8 +166,14 @@ def read_payload(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
     return dict(payload)
 
 
-def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict of a file, or one line saying why it is not one (no unpickling of code)."""
+def load_checkpoint_file(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """The checkpoint dict of a file, or one line saying why it is not one (no unpickling of code).
+
+    ``mmap=True`` maps the tensors instead of reading them: for checks that need only the metadata of a
+    checkpoint that Lightning itself reads afterwards (a resumed run), so a 2B-parameter file is not read twice.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -175,7 +181,7 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)")
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: {_weights_only_refusal(str(exc))}") from None
     except EOFError:

@@ -120,7 +120,7 @@ def check_resume_checkpoint(ckpt_path: str | None, dirpath: str | Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"--ckpt_path: no checkpoint file at '{path}'")
     try:
-        read_payload(load_checkpoint_file(path), str(path))
+        read_payload(load_checkpoint_file(path, mmap=True), str(path))
     except CheckpointError as exc:
         raise CheckpointError(f"--ckpt_path: {exc}") from None
 

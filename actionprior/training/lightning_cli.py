@@ -235,7 +235,7 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     elif resume_ckpt and Path(resume_ckpt).is_file():
         source, stored = (
             resume_ckpt,
-            load_checkpoint_file(resume_ckpt).get("hyper_parameters", {}).get("prior"),
+            load_checkpoint_file(resume_ckpt, mmap=True).get("hyper_parameters", {}).get("prior"),
         )
         if stored is None:
             raise ValueError(f"Stage 2: {resume_ckpt} does not record the action prior's settings")

@@ -107,6 +107,10 @@ class RNGStateCheckpoint(Callback):
             torch.use_deterministic_algorithms(self._restore_deterministic)
             self._restore_deterministic = None
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # A fit that fails (a refused checkpoint, say) skips teardown: give the process its setting back here.
+        self.teardown(trainer, pl_module, "fit")
+
     @property
     def state_key(self) -> str:
         return "RNGStateCheckpoint"
