@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actionprior.checkpoint import MODEL_PREFIX, CheckpointError, StoredCheckpoint
+from actionprior.data.schema import check_file_name
 
 FORMAT = "actionprior-policy"
 FORMAT_VERSION = 1
@@ -51,7 +52,7 @@ def export_policy(checkpoint: str | Path, out_dir: str | Path) -> Path:
     backbone = out / BACKBONE_DIR
     backbone.mkdir(exist_ok=True)
     for name, text in spec["files"].items():
-        (backbone / _plain_name(name, "checkpoint backbone spec")).write_text(text)
+        (backbone / check_file_name(name, "checkpoint backbone spec: file")).write_text(text)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_checkpoint": Path(checkpoint).name}
     (out / METADATA).write_text(json.dumps(meta | {"payload": payload}, indent=1, sort_keys=True))
     (out / "README.md").write_text(
@@ -61,19 +62,6 @@ def export_policy(checkpoint: str | Path, out_dir: str | Path) -> Path:
         "policy = Policy.from_pretrained('path/to/this/folder')\n```\n"
     )
     return out
-
-
-def _plain_name(name: str, where: str) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or "/" in name
-        or "\\" in name
-        or name in (".", "..")
-        or "\0" in name
-    ):
-        raise CheckpointError(f"{where}: file name {str(name)[:80]!r} is not a plain file name")
-    return name
 
 
 def _resolve(name_or_path: str | Path) -> Path:
