@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import numpy as np
 import pytest
@@ -180,3 +182,29 @@ def test_server_answers_malformed_requests_with_errors_and_keeps_serving(server:
 def test_client_reports_unreachable_server() -> None:
     with pytest.raises(ConnectionError, match="cannot reach the policy server"):
         PolicyClient("ws://127.0.0.1:1", timeout=2)
+
+
+def test_server_refuses_clients_beyond_max_connections_and_frees_the_slot() -> None:
+    with PolicyServer(AffinePolicy(), port=0, max_connections=2) as srv:
+        first, second = PolicyClient(srv.url), PolicyClient(srv.url)
+        assert first.act(_obs()).shape == (2,) and second.act(_obs()).shape == (2,)
+        with (
+            PolicyClient(srv.url) as third,
+            pytest.raises(PolicyServerError, match="closed the connection: server busy: 2 clients connected"),
+        ):
+            third.info()
+        first.close()
+        # the slot is released once the server has seen the close (its handler thread ends)
+        for _ in range(100):
+            try:
+                with PolicyClient(srv.url) as again:
+                    assert again.act(_obs("arm5")).shape == (4,)
+                break
+            except PolicyServerError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("a closed client's slot was never released")
+        assert second.act(_obs()).shape == (2,)
+        second.close()
+    with pytest.raises(ValueError, match="max_connections must be at least 1"):
+        PolicyServer(AffinePolicy(), port=0, max_connections=0)

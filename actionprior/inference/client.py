@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from actionprior.inference.protocol import (
@@ -43,8 +44,13 @@ class PolicyClient:
             ) from exc
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._ws.send(encode(request))
-        reply = decode(self._ws.recv(timeout=self.timeout), self.max_message_bytes, REPLY_LIMITS)
+        try:
+            self._ws.send(encode(request))
+            raw = self._ws.recv(timeout=self.timeout)
+        except ConnectionClosed as exc:
+            why = bounded_text(exc.rcvd.reason, 200) if exc.rcvd and exc.rcvd.reason else "no reason given"
+            raise PolicyServerError(f"the policy server at {self.url} closed the connection: {why}") from exc
+        reply = decode(raw, self.max_message_bytes, REPLY_LIMITS)
         if not isinstance(reply, dict) or "ok" not in reply:
             raise PolicyServerError(f"unexpected reply from {self.url}: {reply!r:.200}")
         if not reply["ok"]:

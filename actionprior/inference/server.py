@@ -10,6 +10,8 @@ Abuse bounds: a request is size-checked and parsed under :data:`~protocol.REQUES
 300,000 keys is refused from its header); error replies and log lines are cut to a few hundred characters
 and never echo a client's input in full; rejected-request warnings are rate-limited (a count of the
 suppressed ones is logged instead), so neither the log nor the memory grows with an abuser's traffic.
+At most ``max_connections`` clients are served at once (each holds a thread and a forked policy); one more
+is closed at once with code 1013 "try again later" and a reason the client raises as a one-line error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.sync.server import Server, ServerConnection, serve
 
 from actionprior.inference.base import BasePolicy
@@ -39,6 +42,7 @@ from actionprior.inference.protocol import (
 log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+DEFAULT_MAX_CONNECTIONS = 16
 MAX_LOGGED_CHARS = 200
 # websockets logs every connection at INFO; a client reconnecting in a loop would fill the log. Our own
 # rate-limited lines report connections instead.
@@ -87,9 +91,14 @@ class PolicyServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ):
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.policy = policy
         self.max_message_bytes = max_message_bytes
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         self.rejections = RateLimitedLog(log)
         self.connections = RateLimitedLog(log, per_interval=20)  # a client reconnecting in a loop
         # The model is shared by all connections; one forward at a time keeps results deterministic
@@ -132,15 +141,26 @@ class PolicyServer:
         self.shutdown()
 
     def _handle_connection(self, ws: ServerConnection) -> None:
-        policy = self.policy.fork()
         peer = ws.remote_address  # read now: the socket is gone once the client has left
-        self.connections.info(f"client connected: {peer}")
+        if not self._slots.acquire(blocking=False):
+            self.connections.warning(f"refused {peer}: {self.max_connections} clients already connected")
+            # A close reason must fit in 123 bytes.
+            ws.close(
+                CloseCode.TRY_AGAIN_LATER,
+                f"server busy: {self.max_connections} clients connected; retry later",
+            )
+            return
         try:
-            for message in ws:
-                ws.send(encode(self.handle_message(policy, message)))
-        except ConnectionClosed:
-            pass
-        self.connections.info(f"client disconnected: {peer}")
+            policy = self.policy.fork()
+            self.connections.info(f"client connected: {peer}")
+            try:
+                for message in ws:
+                    ws.send(encode(self.handle_message(policy, message)))
+            except ConnectionClosed:
+                pass
+            self.connections.info(f"client disconnected: {peer}")
+        finally:
+            self._slots.release()
 
     def handle_message(self, policy: BasePolicy, message: bytes | str) -> dict[str, Any]:
         """One request → one reply. Never raises: every failure becomes an error reply."""
@@ -215,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads; 1 is fastest for tiny models on a loaded machine (default: torch's choice)",
     )
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="clients served at once; one more is refused with 'server busy' (default: %(default)s)",
+    )
     return p
 
 
@@ -246,7 +272,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         history_len=args.history_len,
         compile_decoder=args.compile_decoder,
     )
-    server = PolicyServer(policy, args.host, args.port, args.max_message_bytes)
+    server = PolicyServer(policy, args.host, args.port, args.max_message_bytes, args.max_connections)
     console.print(f"serving [bold]{args.ckpt}[/] on [bold]{server.url}[/] (Ctrl-C to stop)")
     console.print(policy.describe())
     try:
