@@ -16,7 +16,7 @@ from actionprior.checkpoint import (
 from actionprior.data.normalization import Normalizer
 from actionprior.data.stats import compute_stats
 from actionprior.data.synthetic import make_episode, synthetic_registry
-from actionprior.embodiments import EmbodimentRegistry
+from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
 from actionprior.models.action_prior import ActionPriorConfig
 from actionprior.training import ActionPriorModule
 
@@ -156,3 +156,22 @@ def test_unreadable_files_are_refused_in_one_line_naming_the_path(tmp_path):
         with pytest.raises(CheckpointError, match=rf"{name}.ckpt: not a readable checkpoint") as info:
             load_action_prior(tmp_path / f"{name}.ckpt")
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("q99", float("nan"), r"'arm' action q99\[1\] = nan: not finite"),
+        ("q01", 50.0, r"'arm' action: q99\[1\] = .* < q01\[1\] = 50.0"),
+        ("std", -1.0, r"'arm' action: std\[1\] is negative"),
+    ],
+)
+def test_normalizer_refuses_unusable_statistics_from_any_source(key: str, value: float, message: str) -> None:
+    registry = EmbodimentRegistry([EmbodimentSpec("arm", ("a", "b"), ("x", "y"), "joint", 10.0)])
+    part = {"mean": [0.0, 0.0], "std": [1.0, 1.0], "min": [-2.0, -2.0], "max": [2.0, 2.0],
+            "q01": [-1.0, -1.0], "q99": [1.0, 1.0]}  # fmt: skip
+    Normalizer({"arm": {"state": part, "action": part}}, registry)  # sound statistics load
+    bad = {k: np.asarray(v, np.float32) for k, v in part.items()}  # arrays, as from a checkpoint
+    bad[key][1] = value
+    with pytest.raises(EmbodimentError, match=f"unusable normalisation statistics: {message}"):
+        Normalizer({"arm": {"state": part, "action": bad}}, registry)

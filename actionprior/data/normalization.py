@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from actionprior.data.stats import stats_fingerprint
+from actionprior.data.stats import stats_fingerprint, stats_problems
 from actionprior.embodiments import EmbodimentError, EmbodimentRegistry
 
 NormMode = Literal["quantile", "meanstd"]
@@ -27,6 +27,12 @@ class Normalizer:
         if missing:
             raise EmbodimentError(f"normalisation statistics have no entry for embodiments {missing}")
         self.stats = {n: stats[n] for n in registry.names}
+        # Checked here too, not only where stats.json is read: statistics also arrive from checkpoints,
+        # exported folders and user code, and a NaN quantile would turn every action into NaN silently.
+        problems = stats_problems(_as_lists(self.stats))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise EmbodimentError(f"unusable normalisation statistics: {problems[0]}{more}")
         self.registry = registry
         self.mode: NormMode = mode
         self._affine: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
@@ -94,3 +100,12 @@ class Normalizer:
                 f"normalisation fingerprint mismatch: stored {data['fingerprint']}, recomputed {norm.fingerprint}"
             )
         return norm
+
+
+def _as_lists(value: Any) -> Any:
+    """Arrays and numpy scalars as plain lists and floats, the form ``stats_problems`` checks."""
+    if isinstance(value, Mapping):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | list | tuple):
+        return np.asarray(value, dtype=np.float64).tolist() if len(value) else []
+    return value
