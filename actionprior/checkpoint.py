@@ -171,6 +171,8 @@ def load_checkpoint_file(
 ) -> dict[str, Any]:
     """The checkpoint dict of a file, or one line saying why it is not one (no unpickling of code).
 
+    A file that is read (not mapped) has every member's CRC-32 checked first: torch's reader does not, so a
+    flipped bit in a weight would otherwise load silently and change every action.
     ``mmap=True`` maps the tensors instead of reading them: for checks that need only the metadata of a
     checkpoint that Lightning itself reads afterwards (a resumed run), so a 2B-parameter file is not read twice.
     """
@@ -179,6 +181,8 @@ def load_checkpoint_file(
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)")
+    if not mmap and zipfile.is_zipfile(path):
+        verify_zip_checksums(path)
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -195,6 +199,31 @@ def load_checkpoint_file(
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
+
+
+MAX_ZIP_MEMBERS = 1_000_000  # a torch file holds one member per tensor storage, plus a few
+_CRC_CHUNK = 16 << 20
+
+
+def verify_zip_checksums(path: Path) -> None:
+    """Read every member of a torch zip file once, checking its CRC-32 (one line naming the damaged member)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise CheckpointError(f"{path}: not a checkpoint ({len(members)} zip members)")
+            for info in members:
+                with archive.open(info) as stream:  # raises BadZipFile at the end of a member with a bad CRC
+                    while stream.read(_CRC_CHUNK):
+                        pass
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(
+            f"{path}: damaged checkpoint ({str(exc)[:200]}); the file was changed after it was written"
+        ) from None
+    except (OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def _weights_only_refusal(message: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,22 @@ def test_stage2_refuses_damaged_or_stage2_stage1_ckpt(stage1, tmp_path):
         if name == "stage2":
             assert "is a Stage 2 (VLA) checkpoint, not a Stage 1 (action prior) one" in message
     assert not marker.exists(), "a pickle payload was executed"
+
+
+def test_a_flipped_bit_in_a_weight_is_refused_not_loaded(stage1, tmp_path):
+    _, good = stage1
+    blob = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as archive:  # the largest member: a weight tensor's storage
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", blob[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    blob[start + info.file_size // 2] ^= 0x04  # one bit in the middle of the tensor's bytes
+    damaged = tmp_path / "bitflip.ckpt"
+    damaged.write_bytes(bytes(blob))
+    for reader in (load_checkpoint_file, StoredCheckpoint.read, load_action_prior):
+        with pytest.raises(
+            CheckpointError, match=rf"damaged checkpoint \(Bad CRC-32 for file '{info.filename}'\)"
+        ):
+            reader(damaged)
+    # the metadata-only mapped read (resume checks) still opens it: Lightning's own load follows
+    assert load_checkpoint_file(damaged, mmap=True)["actionprior"]["format_version"] == 2
