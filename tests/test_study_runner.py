@@ -172,3 +172,19 @@ def test_report_from_a_finished_study(tmp_path):
 def test_entry_point_refuses_a_folder_of_another_preset(tmp_path, capsys):
     (tmp_path / "preset.json").write_text(json.dumps({"name": "quick"}))
     assert ablations.main(["--smoke", "--runs", str(tmp_path), "--report-only"]) == 2
+
+
+def test_report_compares_the_unseen_robot_prior_with_no_prior_and_with_a_seen_prior(tmp_path):
+    run_units(
+        build_plan(tmp_path, PRESET), tmp_path, FakeExecutor(refuse_unseen=False), Console(file=io.StringIO())
+    )
+    fig = collect_figures(tmp_path, PRESET)
+    unseen = fig["rows"]["unseen robot (prior without Panda)"]
+    assert "skipped" not in unseen and unseen["scarce_vs_no_prior"]["estimate"] == pytest.approx(0.5)
+    assert fig["pairs"]["unseen_vs_seen_scarce"]["estimate"] == 0.0  # the fake priors solve Panda alike
+    text = write_report(tmp_path, PRESET).read_text()
+    assert (
+        "| a prior helps an embodiment it never saw | not evaluated | Panda: unseen-prior − no prior = +50.0"
+        in text
+    )
+    assert "Panda: unseen-prior − seen-prior = +0.0 [+0.0, +0.0] | no loss shown |" in text

@@ -22,6 +22,7 @@ ZMEAN = "action-state prior, z' head at mean latent"
 SCALED = "action-state prior, 4x Stage 1 data"
 HISTORY = "+ history"
 ACTION_ONLY = "action-only prior"
+UNSEEN = "unseen robot (prior without Panda)"
 PARTS = ("rich", "scarce")
 
 
@@ -158,6 +159,11 @@ def collect_figures(root: Path, preset: Preset) -> dict[str, Any]:
         "4x_vs_1x_final": _paired(final(SCALED), final(MAIN)),
         "4x_vs_1x_early": _paired(final(SCALED, "early"), final(MAIN, "early")),
         "1x_vs_no_prior_early": _paired(final(MAIN, "early"), final(BASELINE, "early")),
+        # The unseen robot's own tasks: a prior that never saw Panda against one that did.
+        "unseen_vs_seen_scarce": _paired(
+            outcomes(root, preset, UNSEEN, "final", ("scarce",)),
+            outcomes(root, preset, MAIN, "final", ("scarce",)),
+        ),
     }
     figures["pairs"] = {k: v.to_dict() if v else None for k, v in pairs.items()}
 
@@ -262,10 +268,16 @@ def claims(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{_pct(zm['overall'])} vs {_pct(main['overall'])} (default head); Δ = {_pct(diff, True)}",
                     f"keep {keep}" + (" (mean-latent start better, interval above 0)" if keep != "default"
                                       else " (no significant gain from the mean-latent start)")))  # fmt: skip
-    un = rows.get("unseen robot (prior without Panda)", {})
+    un = rows.get(UNSEEN, {})
     out.append(("a prior helps an embodiment it never saw", "not evaluated",
-                un.get("skipped") or _pct(un.get("scarce_vs_no_prior"), True),
+                un.get("skipped") or f"Panda: unseen-prior − no prior = {_pct(un.get('scarce_vs_no_prior'), True)}",
                 "skipped" if un.get("skipped") else _verdict(un.get("scarce_vs_no_prior"))))  # fmt: skip
+    if not un.get("skipped"):
+        gap = pairs.get("unseen_vs_seen_scarce")
+        out.append(("… and how much of the gain needs the robot in Stage 1", "not evaluated",
+                    f"Panda: unseen-prior − seen-prior = {_pct(gap, True)}",
+                    "—" if not gap else ("no loss shown" if gap["low"] <= 0 <= gap["high"] else
+                                         ("seen prior better" if gap["high"] < 0 else "unseen prior better"))))  # fmt: skip
     return out
 
 
