@@ -15,7 +15,7 @@ from rich.console import Console
 
 from actionprior.study import ablations
 from actionprior.study.plan import PRESETS, RICH, ROWS, SCARCE, build_plan, eval_parts, slug
-from actionprior.study.report import collect_figures, write_report
+from actionprior.study.report import _larger, collect_figures, write_report
 from actionprior.study.runner import Ledger, run_units
 from actionprior.study.stats import wilson
 
@@ -164,6 +164,14 @@ def test_report_from_a_finished_study(tmp_path):
         "initial L_pred lower with the prior | ≈8× lower | no prior / prior = 0.38× | no (opposite)" in text
     )
     assert "| prior, fresh z' head | 4.900 |" in text
+    assert (
+        "| … on the scarce embodiment (real Franka / our Panda) | 35.0 → 61.3 (+26.3) | 50.0 → 100.0 (+50.0"
+        in text
+    )
+    assert (
+        "| +26.3 vs +2.2 | +50.0 [+0.0, +100.0] vs +0.0 [+0.0, +0.0] | not shown (intervals overlap) |"
+        in text
+    )
     assert (tmp_path / "figures.json").exists() and (tmp_path / "success.png").exists()
     assert (tmp_path / "early_training.png").exists() and (tmp_path / "scaling.png").exists()
     assert set(RICH) <= {e for e in TASKS}
@@ -188,3 +196,13 @@ def test_report_compares_the_unseen_robot_prior_with_no_prior_and_with_a_seen_pr
         in text
     )
     assert "Panda: unseen-prior − seen-prior = +0.0 [+0.0, +0.0] | no loss shown |" in text
+
+
+def test_larger_gain_is_decided_only_by_intervals_that_do_not_overlap():
+    def gain(low: float, high: float) -> dict:
+        return {"estimate": (low + high) / 2, "low": low, "high": high}
+
+    assert _larger(gain(0.2, 0.4), gain(0.0, 0.1)) == "yes"
+    assert _larger(gain(0.0, 0.1), gain(0.2, 0.4)) == "no (opposite)"
+    assert _larger(gain(0.0, 0.3), gain(0.2, 0.4)) == "not shown (intervals overlap)"
+    assert _larger(None, gain(0.2, 0.4)) == "not measured"

@@ -216,16 +216,40 @@ def _x(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
 
+def _change(before: dict | None, after: dict | None, diff: dict | None) -> str:
+    """``before → after (Δ [interval])`` in %."""
+    if not (before and after):
+        return _pct(diff, True)
+    return f"{100 * before['estimate']:.1f} → {100 * after['estimate']:.1f} ({_pct(diff, True)})"
+
+
+def _larger(a: dict | None, b: dict | None) -> str:
+    """Is gain ``a`` larger than gain ``b``? Conservative: only intervals that do not overlap decide."""
+    if not (a and b):
+        return "not measured"
+    if a["low"] > b["high"]:
+        return "yes"
+    if a["high"] < b["low"]:
+        return "no (opposite)"
+    return "not shown (intervals overlap)"
+
+
 def claims(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = fig["rows"]
-    main = rows.get(MAIN, {})
+    main, base = rows.get(MAIN, {}), rows.get(BASELINE, {})
     out = [
-        ("the action-state prior raises overall success", "55.3 → 64.9 (+9.6)", _pct(main.get("overall_vs_no_prior"), True),
+        ("the action-state prior raises overall success", "55.3 → 64.9 (+9.6)",
+         _change(base.get("overall"), main.get("overall"), main.get("overall_vs_no_prior")),
          _verdict(main.get("overall_vs_no_prior"))),
-        ("the gain is largest on the scarce embodiment (Franka/Panda)", "35.0 → 61.3 (+26.3)",
-         _pct(main.get("scarce_vs_no_prior"), True), _verdict(main.get("scarce_vs_no_prior"))),
-        ("… and small on the data-rich ones", "64.3 → 66.5 (+2.2)", _pct(main.get("rich_vs_no_prior"), True),
+        ("… on the scarce embodiment (real Franka / our Panda)", "35.0 → 61.3 (+26.3)",
+         _change(base.get("scarce"), main.get("scarce"), main.get("scarce_vs_no_prior")),
+         _verdict(main.get("scarce_vs_no_prior"))),
+        ("… on the data-rich embodiments", "64.3 → 66.5 (+2.2)",
+         _change(base.get("rich"), main.get("rich"), main.get("rich_vs_no_prior")),
          _verdict(main.get("rich_vs_no_prior"))),
+        ("the gain is larger on the scarce embodiment than on the data-rich ones", "+26.3 vs +2.2",
+         f"{_pct(main.get('scarce_vs_no_prior'), True)} vs {_pct(main.get('rich_vs_no_prior'), True)}",
+         _larger(main.get("scarce_vs_no_prior"), main.get("rich_vs_no_prior"))),
     ]  # fmt: skip
     pairs = fig.get("pairs", {})
     out.append(("action-state prior beats action-only prior", "+3.7 vs +0.8 over no prior (sim)",
