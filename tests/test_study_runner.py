@@ -163,6 +163,11 @@ def test_report_from_a_finished_study(tmp_path):
     assert (
         "initial L_pred lower with the prior | ≈8× lower | no prior / prior = 0.38× | no (opposite)" in text
     )
+    assert (
+        f"| L_pred lower with the prior over the first {PRESET.probe_steps} steps (mean) | — | no prior / prior = 0.38×"
+        in text
+    )
+    assert "Study wall-clock: 0 min over " in text
     assert "| prior, fresh z' head | 4.900 |" in text
     assert (
         "| … on the scarce embodiment (real Franka / our Panda) | 35.0 → 61.3 (+26.3) | 50.0 → 100.0 (+50.0"

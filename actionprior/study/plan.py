@@ -84,7 +84,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # Sized for about 2.5 h on 2 CPU cores (estimate; the ledger records every unit's wall-clock).
+    # Measured: 93 min on 2 CPU cores (the ledger records every unit's wall-clock; report.md sums them).
     # Stage 2 keeps configs/stage2.yaml's 2000 steps (README: 5.7 % -> 25.7 % with the prior at that budget).
     "full": Preset("full", rich_episodes=20, scarce_episodes=4, extra_factor=4, stage1_steps=2000,
                    stage2_steps=2000, early_step=500, decay_fraction=0.1, seeds=(0, 1), eval_rich_episodes=3,

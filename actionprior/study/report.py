@@ -191,6 +191,7 @@ def collect_figures(root: Path, preset: Preset) -> dict[str, Any]:
         figures["wallclock"] = {"stage1_s": s1, "stage2_s_mean": statistics.fmean(s2),
                                 "stage1_fraction_of_stage1_plus_stage2": s1 / (s1 + statistics.fmean(s2))}  # fmt: skip
     figures["units"] = {k: v["status"] for k, v in sorted(ledger.items())}
+    figures["unit_seconds"] = {k: v["seconds"] for k, v in sorted(ledger.items()) if v["status"] == "done"}
     return figures
 
 
@@ -277,6 +278,11 @@ def claims(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     loss = r.get("initial_pred_loss_no_prior_over_prior")
     out.append(("initial L_pred lower with the prior", "≈8× lower", f"no prior / prior = {_x(loss)}",
                 "—" if loss is None else ("yes" if loss > 1 else "no (opposite)")))  # fmt: skip
+    mean_loss = r.get("mean_pred_loss_no_prior_over_prior")
+    steps = len((fig["probe"].get(MAIN) or {}).get("steps", []))
+    out.append((f"L_pred lower with the prior over the first {steps} steps (mean)", "—",
+                f"no prior / prior = {_x(mean_loss)}",
+                "—" if mean_loss is None else ("yes" if mean_loss > 1 else "no (opposite)")))  # fmt: skip
     grad = r.get("mean_grad_backbone_no_prior_over_prior")
     out.append(("L_pred gradient norm lower with the prior (backbone, first steps)", "≈16× lower",
                 f"no prior / prior = {_x(grad)}", "—" if grad is None else ("yes" if grad > 1 else "no (opposite)")))  # fmt: skip
@@ -288,10 +294,12 @@ def claims(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if zm.get("overall") and main.get("overall"):
         diff = pairs.get("zmean_vs_default_head")
         keep = "stage1_mean" if diff and diff["low"] > 0 else "default"
+        why = (" (mean-latent start better, interval above 0)" if keep != "default"
+               else " (the mean-latent start is worse, interval below 0)" if diff and diff["high"] < 0
+               else " (no significant gain from the mean-latent start)")  # fmt: skip
         out.append(("(ours) z' head started at the mean Stage 1 latent", "—",
                     f"{_pct(zm['overall'])} vs {_pct(main['overall'])} (default head); Δ = {_pct(diff, True)}",
-                    f"keep {keep}" + (" (mean-latent start better, interval above 0)" if keep != "default"
-                                      else " (no significant gain from the mean-latent start)")))  # fmt: skip
+                    f"keep {keep}{why}"))  # fmt: skip
     un = rows.get(UNSEEN, {})
     out.append(("a prior helps an embodiment it never saw", "not evaluated",
                 un.get("skipped") or f"Panda: unseen-prior − no prior = {_pct(un.get('scarce_vs_no_prior'), True)}",
@@ -371,6 +379,10 @@ def write_report(root: Path, preset: Preset) -> Path:
     if wc:
         lines += ["", f"Stage 1 wall-clock: {wc['stage1_s']:.0f} s; one Stage 2 run: {wc['stage2_s_mean']:.0f} s; "
                   f"Stage 1 = {100 * wc['stage1_fraction_of_stage1_plus_stage2']:.0f} % of Stage 1 + Stage 2."]  # fmt: skip
+    seconds = list(fig.get("unit_seconds", {}).values())
+    if seconds:
+        lines += ["", f"Study wall-clock: {sum(seconds) / 60:.0f} min over {len(seconds)} units (sum of the ledger's "
+                  "unit times; a resumed study counts each unit's last run)."]  # fmt: skip
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Claims", "", "| claim | paper | ours | reproduced? |", "|---|---|---|---|"]
