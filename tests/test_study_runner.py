@@ -169,6 +169,7 @@ def test_report_from_a_finished_study(tmp_path):
     )
     assert "Study wall-clock: 0 min over " in text
     assert "| prior, fresh z' head | 4.900 |" in text
+    assert "arbitrary point of the latent space (4.90 here)" in text
     assert (
         "| … on the scarce embodiment (real Franka / our Panda) | 35.0 → 61.3 (+26.3) | 50.0 → 100.0 (+50.0"
         in text

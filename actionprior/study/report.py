@@ -364,12 +364,19 @@ def write_report(root: Path, preset: Preset) -> Path:
             if pr:
                 lines.append(f"| {name} | {pr['pred_loss'][0]:.3f} | {statistics.fmean(pr['pred_loss']):.3f} | "
                              f"{statistics.fmean(pr['grad_backbone']):.3g} | {statistics.fmean(pr['grad_action']):.3g} |")  # fmt: skip
-        lines += ["", "Why the sign can be the opposite of the paper's: the no-prior decoder is adaLN-zero, so at step 0 it "
-                  "predicts zero velocity (L_pred ≈ E‖a − ε‖², 1.42 on sim-default) and no L_pred gradient reaches the "
-                  "backbone; the prior's decoder is conditioned on a z' that an untrained head puts at an arbitrary point "
-                  "of the latent space, where the decoder's loss is higher (2.5–3.8, /work/shared/PAPER.md). The paper's "
-                  "baseline head is likely not zero-initialised. The `z' head at mean latent` row starts z' at the mean "
-                  "Stage 1 latent instead."]  # fmt: skip
+        il = fig.get("initial_loss") or {}
+
+        def at(key: str) -> str:
+            return f" ({il[key]:.2f} here)" if isinstance(il.get(key), float) else ""
+
+        fresh, oracle = at("prior, fresh z' head"), at("prior, z' = z (oracle)")
+
+        lines += ["", "Why the sign can be the opposite of the paper's: the no-prior decoder is adaLN-zero, so at step 0 "
+                  f"it predicts zero velocity (L_pred = E‖a − ε‖²{at('no prior, adaLN-zero decoder')}) and no L_pred "
+                  "gradient reaches the backbone; the prior's decoder is conditioned on a z' that an untrained head puts "
+                  f"at an arbitrary point of the latent space{fresh}, far from what the decoder "
+                  f"reconstructs from the true z{oracle}. The paper's baseline head is likely not "
+                  "zero-initialised. The `z' head at mean latent` row starts z' at the mean Stage 1 latent instead."]  # fmt: skip
     il = fig.get("initial_loss")
     if il:
         lines += ["", "L_pred at step 0 on the same batches and noise, by initialisation (`actionprior.study.initial_loss`):",
