@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from actionprior.study import ablations
-from actionprior.study.plan import PRESETS, RICH, ROWS, SCARCE, build_plan, eval_parts, slug
+from actionprior.study.plan import PRESETS, RICH, ROWS, SCARCE, build_plan, eval_parts, slug, with_seeds
 from actionprior.study.report import _larger, collect_figures, write_report
 from actionprior.study.runner import Ledger, run_units
 from actionprior.study.stats import wilson
@@ -212,3 +212,21 @@ def test_larger_gain_is_decided_only_by_intervals_that_do_not_overlap():
     assert _larger(gain(0.0, 0.1), gain(0.2, 0.4)) == "no (opposite)"
     assert _larger(gain(0.0, 0.3), gain(0.2, 0.4)) == "not shown (intervals overlap)"
     assert _larger(None, gain(0.2, 0.4)) == "not measured"
+
+
+def test_more_seeds_add_only_their_runs_evaluated_on_the_same_episodes(tmp_path):
+    first = run_units(build_plan(tmp_path, PRESET), tmp_path, FakeExecutor(), Console(file=io.StringIO()))
+    more = with_seeds(PRESET, [0, 1, 2])
+    second = run_units(build_plan(tmp_path, more), tmp_path, FakeExecutor(), Console(file=io.StringIO()))
+    assert len(second.resumed) == len(first.done) + len(first.skipped)
+    assert second.done and all("/seed2" in key for key in second.done + second.skipped)
+    assert set(collect_figures(tmp_path, more)["rows"]["action-state prior"]["seeds"]["overall"]) == {0, 1, 2}
+    # Panda's episodes per task and seed stay the preset's (a plain seed change would shrink them 16 -> 12)
+    full = PRESETS["full"]
+    assert with_seeds(full, [0, 1, 2]).scarce_eval_per_task == full.scarce_eval_per_task == 16
+    with pytest.raises(ValueError, match="distinct non-negative"):
+        with_seeds(full, [1, 1])
+    # a later --report-only keeps the seeds the folder was last run with
+    ablations.main(["--smoke", "--runs", str(tmp_path), "--seeds", "0", "1", "2", "--report-only"])
+    ablations.main(["--smoke", "--runs", str(tmp_path), "--report-only"])
+    assert json.loads((tmp_path / "figures.json").read_text())["preset"]["seeds"] == [0, 1, 2]

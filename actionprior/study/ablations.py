@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from actionprior.study.plan import PRESETS, build_plan
+from actionprior.study.plan import PRESETS, build_plan, with_seeds
 from actionprior.study.report import write_report
 from actionprior.study.runner import run_units
 
@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_const", const="quick", dest="preset", help="the reduced study")
     size.add_argument("--smoke", action="store_const", const="smoke", dest="preset", help="a wiring check")
     p.add_argument("--runs", type=Path, default=None, help="run folder (default runs/reproduce[-<preset>])")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Stage 2 training seeds (default: the preset's, or those the run folder was last run with); rerunning "
+        "a finished study with more seeds adds only their runs",
+    )
     p.add_argument("--only", nargs="+", choices=KINDS, help="run only these unit kinds (the rest wait)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished units")
     p.add_argument("--publish", type=Path, default=None, help="copy report.md and the PNGs into this folder")
@@ -58,10 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=140)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / "preset.json"
-    if marker.exists() and json.loads(marker.read_text()).get("name") != preset.name:
-        console.print(f"[red]error:[/] {root} holds a '{json.loads(marker.read_text())['name']}' study; "
+    stored = json.loads(marker.read_text()) if marker.exists() else None
+    if stored and stored.get("name") != preset.name:
+        console.print(f"[red]error:[/] {root} holds a '{stored['name']}' study; "
                       f"use another --runs for the '{preset.name}' preset")  # fmt: skip
         return 2
+    seeds = args.seeds or (stored or {}).get("seeds")
+    if seeds and tuple(seeds) != preset.seeds:
+        try:
+            preset = with_seeds(preset, seeds)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
     marker.write_text(json.dumps(preset.to_dict(), indent=2))
     code = 0
     if not args.report_only:

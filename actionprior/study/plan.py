@@ -28,7 +28,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,16 @@ PRESETS: dict[str, Preset] = {
                                 "--data.num_workers=0", "--trainer.val_check_interval=3"),
                     eval_workers=1, eval_max_steps=16),
 }  # fmt: skip
+
+
+def with_seeds(preset: Preset, seeds: tuple[int, ...] | list[int]) -> Preset:
+    """``preset`` with other Stage 2 training seeds. Panda's episodes per task and seed stay the preset's, so the
+    runs of added seeds are evaluated on the same episodes as the first ones and pool with them (a finished
+    study rerun with more seeds trains and evaluates only the new seeds' units)."""
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
+    return replace(preset, seeds=seeds, eval_scarce_episodes=preset.scarce_eval_per_task)
 
 
 @dataclass(frozen=True)
