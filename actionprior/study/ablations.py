@@ -6,7 +6,7 @@ scaling (1x vs 4x trajectories, incl. trajectory-only data), an unseen robot, th
 the wall-clock of Stage 1. Writes ``<runs>/report.md``, ``figures.json`` and PNG plots.
 
     python -m actionprior.study                 # the full study (93 min on 2 cores, measured)
-    python -m actionprior.study --quick         # reduced (under 45 min)
+    python -m actionprior.study --quick         # reduced (28 min measured)
     python -m actionprior.study --smoke         # wiring check (minutes)
     python -m actionprior.study --report-only   # rebuild the report from what has finished
 
