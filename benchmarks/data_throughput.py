@@ -11,9 +11,12 @@ two 64x64 cameras) and is written once to ``--data-dir`` and reused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -37,6 +40,27 @@ def ensure_dataset(directory: Path, episodes_per_embodiment: int, image_size: in
     return load_manifest(directory)
 
 
+def time_loader(loader: Iterable[dict[str, Any]]) -> tuple[float, int, float]:
+    """``(first batch s, samples in the timed epoch, timed epoch s)``: one warm-up epoch, then one timed epoch.
+
+    The first batch pays worker start-up and pool fill; the warm-up epoch lets caches fill and every worker
+    reach steady state; the stream persists across epochs, as in training. Shared with train_throughput.py.
+    """
+    t0 = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)
+    first = time.perf_counter() - t0
+    for _ in iterator:
+        pass
+    t1 = time.perf_counter()
+    samples = sum(int(batch["action"].shape[0]) for batch in loader)
+    elapsed = time.perf_counter() - t1
+    # StreamLoader stops its workers; a plain iterable has nothing to stop.
+    with contextlib.suppress(AttributeError):
+        loader.close()  # type: ignore[attr-defined]
+    return first, samples, elapsed
+
+
 def measure(directory: Path, view: str, workers: int, batches: int, args: argparse.Namespace) -> dict:
     dm = ActionPriorDataModule(
         datasets=[str(directory)],
@@ -50,18 +74,7 @@ def measure(directory: Path, view: str, workers: int, batches: int, args: argpar
         windows_per_episode=args.windows_per_episode,
         shuffle_buffer=args.shuffle_buffer,
     )
-    loader = dm.train_dataloader()
-    t0 = time.perf_counter()
-    iterator = iter(loader)
-    next(iterator)  # worker start-up and pool fill
-    first = time.perf_counter() - t0
-    for _ in iterator:  # warm-up epoch: caches fill, every worker reaches steady state
-        pass
-    t1 = time.perf_counter()
-    for _ in loader:  # timed epoch (the stream persists across epochs, as in training)
-        pass
-    elapsed = time.perf_counter() - t1
-    loader.close()
+    first, _, elapsed = time_loader(dm.train_dataloader())
     windows = batches * args.batch_size
     return {
         "first": first,

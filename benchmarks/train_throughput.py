@@ -34,7 +34,6 @@ memory figures, ~10 s more each); multi-device runs always start their own (Ligh
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib
 import inspect
@@ -429,6 +428,7 @@ def measure_loader(
     """Delivered samples/s of the streaming DataModule (observation view) for ``spec``'s batch."""
     from actionprior.data.datamodule import ActionPriorDataModule
     from actionprior.data.synthetic import write_synthetic_dataset
+    from benchmarks.data_throughput import time_loader
 
     if not (data_dir / "stats.json").exists():
         t0 = time.perf_counter()
@@ -454,20 +454,7 @@ def measure_loader(
         image_size=spec.image_size,
         seed=spec.seed,
     )
-    loader = dm.train_dataloader()
-    t0 = time.perf_counter()
-    iterator = iter(loader)
-    next(iterator)
-    first_s = time.perf_counter() - t0
-    for _ in iterator:  # warm-up epoch: workers, pools and caches reach steady state
-        pass
-    t1 = time.perf_counter()
-    n = 0
-    for batch in loader:  # timed epoch
-        n += int(batch["action"].shape[0])
-    elapsed = time.perf_counter() - t1
-    with contextlib.suppress(AttributeError):
-        loader.close()
+    first_s, n, elapsed = time_loader(dm.train_dataloader())
     return {
         "workers": workers,
         "batch_size": spec.batch_size,
