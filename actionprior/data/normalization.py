@@ -29,7 +29,7 @@ class Normalizer:
         self.stats = {n: stats[n] for n in registry.names}
         # Checked here too, not only where stats.json is read: statistics also arrive from checkpoints,
         # exported folders and user code, and a NaN quantile would turn every action into NaN silently.
-        problems = stats_problems(_as_lists(self.stats))
+        problems = stats_problems(self.stats)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise EmbodimentError(f"unusable normalisation statistics: {problems[0]}{more}")
@@ -100,12 +100,3 @@ class Normalizer:
                 f"normalisation fingerprint mismatch: stored {data['fingerprint']}, recomputed {norm.fingerprint}"
             )
         return norm
-
-
-def _as_lists(value: Any) -> Any:
-    """Arrays and numpy scalars as plain lists and floats, the form ``stats_problems`` checks."""
-    if isinstance(value, Mapping):
-        return {k: _as_lists(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray | list | tuple):
-        return np.asarray(value, dtype=np.float64).tolist() if len(value) else []
-    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -74,8 +75,11 @@ def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _number_list(value: Any) -> bool:
+    """A list of numbers as JSON gives it, or the same as a 1-D numeric array (statistics kept in a checkpoint)."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "iuf"
     return isinstance(value, list) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) for v in value
     )
 
 
