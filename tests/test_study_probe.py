@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from actionprior.data.synthetic import write_synthetic_dataset
 from actionprior.training.lightning_cli import run
@@ -93,3 +94,45 @@ def test_probe_of_a_resumed_run_keeps_its_record(tmp_path):
     assert probe.record == record
     probe.on_train_end(None, None)  # nothing new recorded: the file keeps both steps
     assert json.loads(out.read_text()) == record
+
+
+def test_initial_loss_scores_stage2_mixture_on_batches_the_mean_latent_did_not_see(tmp_path, monkeypatch):
+    """The step-0 table reads Stage 2's batches (mixture weights = transitions, as the study's fits), averages over
+    the training seeds, and scores every variant on batches after those the mean latent was estimated on."""
+    from actionprior.data.synthetic import SYNTHETIC_CAMERAS, synthetic_registry
+    from actionprior.study import initial_loss
+    from actionprior.study.plan import INITIAL_LOSS_VARIANTS
+
+    names = [spec.name for spec in synthetic_registry(SYNTHETIC_CAMERAS)]
+    rich, scarce = tmp_path / "rich", tmp_path / "scarce"
+    write_synthetic_dataset(rich, episodes_per_embodiment=20, image_size=32, embodiments=names[:1], seed=0)
+    write_synthetic_dataset(scarce, episodes_per_embodiment=10, image_size=32, embodiments=names[1:2], seed=1)
+    run(["fit", "-c", str(CONFIGS / "stage1.yaml"), "--data.datasets", f"[{{path: {rich}}}, {{path: {scarce}}}]",
+         *TINY, "--data.batch_size", "4", "--data.num_workers", "0", "--data.val_fraction", "0",
+         "--data.shuffle_buffer", "16", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path / "s1"), "--trainer.logger.init_args.save_dir", str(tmp_path / "s1")])  # fmt: skip
+    scored: list[list[dict]] = []
+    real = initial_loss._pred_loss
+
+    def recording(module, batches, oracle=False):
+        scored.append(batches)
+        return real(module, batches, oracle)
+
+    monkeypatch.setattr(initial_loss, "_pred_loss", recording)
+    data = [str(rich), str(scarce)]
+    out = initial_loss.measure(
+        str(tmp_path / "s1" / "checkpoints" / "last.ckpt"), data, seeds=[0, 1], batches=2
+    )
+
+    transitions = [json.loads((d / "manifest.json").read_text())["num_transitions"] for d in (rich, scarce)]
+    assert out["mixture"] == {str(rich): transitions[0], str(scarce): transitions[1]}
+    assert [s.weight for s in initial_loss.stage2_datamodule(data, 0).sources] == transitions
+    for variant in INITIAL_LOSS_VARIANTS:
+        assert len(out["per_seed"][variant]) == 2
+        assert out[variant] == pytest.approx(sum(out["per_seed"][variant]) / 2)
+    # seed 0's five variants were scored on its stream's batches 2 and 3; the mean latent read batches 0 and 1
+    stream = initial_loss._batches(initial_loss.stage2_datamodule(data, 0), 0, 4)
+    assert len(scored) == 10 and all(len(b) == 2 for b in scored)
+    for got, want in zip(scored[0], stream[2:], strict=True):
+        assert torch.equal(got["action"], want["action"])
+    assert not any(torch.equal(scored[0][0]["action"], b["action"]) for b in stream[:2])

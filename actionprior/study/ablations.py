@@ -5,13 +5,17 @@ action-only / action-state / + history) over several training seeds on fixed eva
 scaling (1x vs 4x trajectories, incl. trajectory-only data), an unseen robot, the early-training probe, and
 the wall-clock of Stage 1. Writes ``<runs>/report.md``, ``figures.json`` and PNG plots.
 
-    python -m actionprior.study                 # the full study (93 min on 2 cores, measured)
-    python -m actionprior.study --quick         # reduced (28 min measured)
+    python -m actionprior.study                 # the full study (~142 min on a quiet 2-core host, estimated)
+    python -m actionprior.study --quick         # the same units, smaller (~41 min estimated)
     python -m actionprior.study --smoke         # wiring check (minutes)
+    python -m actionprior.study --estimate      # minutes per unit kind and per row, before running anything
     python -m actionprior.study --report-only   # rebuild the report from what has finished
+    python -m actionprior.study --rows all      # also the rows the preset drops for its time budget
 
 Interrupt it at any point and rerun the same command: finished units (``<runs>/ledger.json``) are skipped and
-a cut-off training run resumes from its last checkpoint. ``--runs`` must not be shared between presets.
+a cut-off training run resumes from its last checkpoint. ``--runs`` must not be shared between presets, nor
+between sizes of one preset (a folder refuses a preset whose steps or episode counts changed); more ``--seeds`` or
+``--rows`` in a finished folder run only their own units.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from actionprior.study.plan import PRESETS, build_plan, with_seeds
+from actionprior.study.budget import format_estimate
+from actionprior.study.plan import PRESETS, Preset, build_plan, with_rows, with_seeds
 from actionprior.study.report import write_report
 from actionprior.study.runner import run_units
 
@@ -49,9 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="Stage 2 training seeds (default: the preset's, or those the run folder was last run with); rerunning "
         "a finished study with more seeds adds only their runs",
     )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="Stage 2 rows by name or slug, or 'all' (default: the preset's, or those the run folder was last run "
+        "with); rows added to a finished study run only their own units",
+    )
     p.add_argument("--only", nargs="+", choices=KINDS, help="run only these unit kinds (the rest wait)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished units")
-    p.add_argument("--publish", type=Path, default=None, help="copy report.md and the PNGs into this folder")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the estimated minutes per unit kind and row, run nothing",
+    )
+    p.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="copy report.md, figures.json, episodes.csv and the PNGs here",
+    )
     p.add_argument(
         "--data", default=None, help="ignored (the study collects its own mixture); kept for make DATA="
     )
@@ -59,11 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Preset fields whose change makes a folder's finished units belong to another study.
+SIZE_FIELDS = ("rich_episodes", "scarce_episodes", "extra_factor", "stage1_steps", "stage2_steps", "early_step",
+               "decay_fraction", "eval_rich_episodes", "scarce_eval_per_task", "probe_steps", "batches_per_epoch",
+               "extra_args", "eval_max_steps")  # fmt: skip
+
+
+def size_changes(stored: dict, preset: Preset) -> list[str]:
+    """``field: stored -> now`` for every size of ``preset`` that differs from a run folder's ``preset.json``."""
+    now = json.loads(json.dumps(preset.to_dict()))  # tuples as lists, as stored
+    return [f"{k}: {stored[k]} -> {now[k]}" for k in SIZE_FIELDS if k in stored and stored[k] != now[k]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset = PRESETS[args.preset]
-    root = args.runs or Path("runs/reproduce" + ("" if preset.name == "full" else f"-{preset.name}"))
     console = Console() if sys.stdout.isatty() else Console(width=140)
+    try:
+        if args.seeds:
+            preset = with_seeds(preset, args.seeds)
+        if args.rows:
+            preset = with_rows(preset, args.rows)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if args.estimate:
+        console.print(format_estimate(preset), highlight=False)
+        return 0
+    root = args.runs or Path("runs/reproduce" + ("" if preset.name == "full" else f"-{preset.name}"))
     root.mkdir(parents=True, exist_ok=True)
     marker = root / "preset.json"
     stored = json.loads(marker.read_text()) if marker.exists() else None
@@ -71,13 +116,23 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/] {root} holds a '{stored['name']}' study; "
                       f"use another --runs for the '{preset.name}' preset")  # fmt: skip
         return 2
-    seeds = args.seeds or (stored or {}).get("seeds")
-    if seeds and tuple(seeds) != preset.seeds:
-        try:
-            preset = with_seeds(preset, seeds)
-        except ValueError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            return 2
+    changed = size_changes(stored, preset) if stored else []
+    if changed:
+        console.print(f"[red]error:[/] {root} holds a '{preset.name}' study of other sizes ({'; '.join(changed)}); "
+                      "its finished units would be mixed with new ones: use another --runs or delete the folder")  # fmt: skip
+        return 2
+    try:
+        if not args.seeds and (stored or {}).get("seeds") and tuple(stored["seeds"]) != preset.seeds:
+            preset = with_seeds(preset, stored["seeds"])
+        if (
+            not args.rows
+            and (stored or {}).get("rows")
+            and tuple(stored["rows"]) != tuple(r.name for r in preset.row_set)
+        ):
+            preset = with_rows(preset, stored["rows"])
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {marker}: {exc}")
+        return 2
     marker.write_text(json.dumps(preset.to_dict(), indent=2))
     code = 0
     if not args.report_only:
@@ -91,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"report: {report}")
     if args.publish:
         args.publish.mkdir(parents=True, exist_ok=True)
-        for path in [report, root / "figures.json", *root.glob("*.png")]:
+        for path in [report, root / "figures.json", root / "episodes.csv", *root.glob("*.png")]:
             shutil.copy2(path, args.publish / path.name)
         console.print(f"published to {args.publish}")
     return code
