@@ -63,7 +63,7 @@ bench-train: install  ## Stage 2 training throughput/MFU/memory matrix (+ loader
 bench-gpu: install  ## every scale benchmark on a GPU machine in ~10 min (training matrix + 2B latency) -> runs/bench/gpu_session
 	PY=$(PY) bash benchmarks/gpu_session.sh
 
-reproduce: install  ## the paper's claims as one resumable study -> runs/reproduce/report.md (93 min; ARGS=--quick: 28 min)
+reproduce: install  ## the paper's claims as one resumable study -> runs/reproduce/report.md (~142 min; ARGS=--quick: ~41 min; ARGS=--estimate)
 	$(PY) -m actionprior.study $(ARGS)
 
 clean-runs:  ## delete training runs (not datasets)
