@@ -393,3 +393,17 @@ def test_time_estimate_fits_the_budgets_and_grows_with_stage2_steps(capsys):
     assert ablations.main(["--estimate"]) == 0
     out = capsys.readouterr().out
     assert "full study: 66 units, 4 training seeds, Stage 2 2000 steps" in out and "* history" in out
+
+
+def test_sign_explanation_follows_the_measured_sign():
+    from actionprior.study.report import _sign_explanation
+
+    values = dict(zip(INITIAL_LOSS_VARIANTS, (1.84, 1.89, 1.81, 1.80, 1.80), strict=True))
+    text = _sign_explanation(values)
+    assert text.startswith(
+        "Step-0 L_pred: here the prior starts at or below the no-prior decoder (1.81 vs 1.84)"
+    )
+    values["prior, fresh z' head"] = 1.95
+    text = _sign_explanation(values)
+    assert text.startswith("Why the sign is the opposite") and "above the fresh-head prior" not in text
+    assert "starts at 1.89, still below the fresh-head prior's 1.95" in text

@@ -310,9 +310,14 @@ def _sign_explanation(il: dict[str, Any]) -> str:
     )
     if not all(isinstance(v, float) for v in (zero, plain, fresh, oracle, mean)):
         return ""
-    text = (f"At step 0 the no-prior decoder is adaLN-zero: it predicts zero velocity (L_pred = E‖a − ε‖², {zero:.2f} "
-            f"here) and no L_pred gradient reaches the backbone. The prior's decoder reads z' from an untrained head "
-            f"({fresh:.2f}), far from what it reconstructs from the true z ({oracle:.2f}). ")  # fmt: skip
+    if fresh <= zero:
+        return (f"Step-0 L_pred: here the prior starts at or below the no-prior decoder ({fresh:.2f} vs {zero:.2f}), "
+                f"the paper's sign; from the true z it would start at {oracle:.2f}, and a no-prior decoder without zero "
+                f"initialisation at {plain:.2f}.")  # fmt: skip
+    text = (f"Why the sign is the opposite of the paper's: at step 0 the no-prior decoder is adaLN-zero: it predicts "
+            f"zero velocity (L_pred = E‖a − ε‖², {zero:.2f} here) and no L_pred gradient reaches the backbone. The "
+            f"prior's decoder reads z' from an untrained head ({fresh:.2f}), far from what it reconstructs from the "
+            f"true z ({oracle:.2f}). ")  # fmt: skip
     if plain > fresh:
         text += (f"The same no-prior decoder without zero initialisation starts at {plain:.2f}, above the fresh-head "
                  "prior: a baseline head that is not zero-initialised would give the paper's sign. ")  # fmt: skip
@@ -405,7 +410,7 @@ def write_report(root: Path, preset: Preset) -> Path:
     if il:
         text = _sign_explanation(il)
         if text:
-            lines += ["", "Why the sign can be the opposite of the paper's: " + text]
+            lines += ["", text]
         lines += ["", f"L_pred at step 0 on the same batches and noise, by initialisation (`actionprior.study.initial_loss`: "
                   f"Stage 2's batch mixture, mean over training seeds {il.get('seeds', '—')}):", "",
                   "| initialisation | L_pred |", "|---|---|"]  # fmt: skip
