@@ -8,7 +8,7 @@ from policy_builders import HISTORY, IMAGE, raw_observation, write_tiny_checkpoi
 
 from actionprior.inference.client import PolicyClient, PolicyServerError
 from actionprior.inference.policy import Policy
-from actionprior.inference.protocol import encode
+from actionprior.inference.protocol import PROTOCOL_VERSION, encode
 from actionprior.inference.server import PolicyServer, build_parser
 
 
@@ -52,8 +52,11 @@ def test_served_actions_equal_in_process_policy_and_errors_are_clean(ckpt) -> No
         huge["images"]["scene"] = np.zeros((300, 300, 3), np.uint8)
         with pytest.raises(PolicyServerError, match="exceeds the limit of 262144 bytes"):
             client.act(huge)
-        reply = client.send_raw(encode({"type": "act", "observation": "not a mapping"}))
-        assert reply == {"ok": False, "error": reply["error"]} and "must be a mapping" in reply["error"]
+        reply = client.send_raw(
+            encode({"type": "act", "observation": "not a mapping", "version": PROTOCOL_VERSION})
+        )
+        assert reply == {"ok": False, "error": reply["error"], "version": PROTOCOL_VERSION}
+        assert "must be a mapping" in reply["error"]
         # still serving, and the episode state survived the rejected requests
         client.reset()
         local.reset()
