@@ -219,7 +219,10 @@ class PolicyClient:
                     f"chunk for step {reply['start_step']} arrived, expected step {start}"
                 )
             step = self._executor.step
-            arrival = step if self.delay_steps is None else max(step, start + self.delay_steps)
+            if self.delay_steps is None or self._executor.last_request is None:
+                arrival = step  # when it came (the first chunk of an episode is waited for)
+            else:
+                arrival = max(step, start + self.delay_steps)
             self._executor.add(np.asarray(reply["chunk"], np.float32), start, arrival=arrival)
             self.last_delay_steps = arrival - start
             self.last_inference_ms = float(reply["inference_ms"])

@@ -169,16 +169,15 @@ class ChunkExecutor:
 
     def add(self, actions: np.ndarray, start: int, arrival: int | None = None) -> None:
         """A chunk predicted from step ``start``'s observation, executable from step ``arrival`` on (default:
-        ``start`` plus the configured delay; at once when nothing else could be executed meanwhile)."""
+        ``start`` plus the configured delay; at once for the first chunk of an episode: the robot starts from
+        rest)."""
         actions = np.asarray(actions, dtype=np.float32)
         if actions.ndim != 2 or len(actions) == 0:
             raise ValueError(f"a chunk must be [H >= 1, action_dim], got shape {actions.shape}")
         if self._last_request is not None and start < self._last_request:
             raise ValueError(f"chunk of step {start} is older than the chunk of step {self._last_request}")
         if arrival is None:
-            arrival = start + self.config.delay_steps
-            if not self.covered(start):  # episode start: the robot waits for its first chunk
-                arrival = start
+            arrival = start if self._last_request is None else start + self.config.delay_steps
         self._last_request = start
         # Chunks that end before this one starts can supply no action any more.
         self._chunks = [c for c in self._chunks if c.start + len(c.actions) > start]
@@ -195,6 +194,7 @@ class ChunkExecutor:
             raise ExecutionError(
                 f"no action for step {step}: no arrived chunk covers it"
                 + (f" (chunks of steps {waiting} have not arrived)" if waiting else "")
+                + "; the chunks are too short for replan_every plus the delay"
             )
         if self.config.mode == "ensemble":
             weights = np.exp(-self.config.ensemble_decay * np.arange(len(live)))
