@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ensemble-every", type=int, default=1, help="steps between chunks of ensemble")
     p.add_argument("--ensemble-decay", type=float, default=None)
     p.add_argument("--rtc-max-guidance", type=float, default=None)
+    p.add_argument(
+        "--rtc-vjp", action=argparse.BooleanOptionalAction, default=None, help="see actionprior eval"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -87,6 +90,8 @@ def eval_argv(args: argparse.Namespace, mode: str, delay: int) -> list[str]:
         argv += ["--ensemble-decay", str(args.ensemble_decay)]
     if mode == "rtc" and args.rtc_max_guidance is not None:
         argv += ["--rtc-max-guidance", str(args.rtc_max_guidance)]
+    if mode == "rtc" and args.rtc_vjp is not None:
+        argv += ["--rtc-vjp" if args.rtc_vjp else "--no-rtc-vjp"]
     return argv
 
 
@@ -218,7 +223,7 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"{summary['suite']}, {summary['episodes_per_task']} episodes per task (the same seeds in every cell); "
         f"replan and rtc: a chunk every {summary['replan_every']} steps, ensemble: every "
         f"{summary['ensemble_every']}; smoothness per control step in {summary['action_units']} action units, "
-        "mean over episodes.",
+        "gripper dims left out, mean over episodes.",
         "",
         f"    {command}",
         "",

@@ -218,3 +218,35 @@ def test_eval_refuses_a_policy_that_lacks_a_suite_embodiment() -> None:
         EvaluationError, match=r"does not control embodiments \['robosuite_panda_osc'\].*--only"
     ):
         _cameras(info, ["point", "robosuite_panda_osc"])
+
+
+def test_smoothness_leaves_the_gripper_dims_out() -> None:
+    from actionprior.evaluation.rollout import run_episode
+    from actionprior.evaluation.smoothness import action_tv, rms_jerk
+
+    policy, executed = ExpertPolicy(), []
+    act = policy.act
+    policy.act = lambda obs: executed.append(act(obs)) or executed[-1]
+    job = make_jobs([("point", "reach-a", 30)], 1, {"point": ("top",)}, gripper_dims={"point": (1,)})[0]
+    result = run_episode(policy, ToyEnvFactory(), job)
+    actions = np.stack(executed)
+    assert job.gripper_dims == (1,) and len(actions) == result.steps >= 4
+    assert result.rms_jerk == pytest.approx(rms_jerk(actions[:, :1]))
+    assert result.action_tv == pytest.approx(action_tv(actions[:, :1]))
+    assert result.rms_jerk != pytest.approx(rms_jerk(actions))
+
+
+def test_eval_refuses_execution_settings_that_cannot_apply() -> None:
+    from actionprior.evaluation.evaluate import EvaluationError, _policy_setup, build_parser
+
+    args = build_parser().parse_args(["--via-server", "ws://127.0.0.1:1", "--execution", "rtc"])
+    with pytest.raises(
+        EvaluationError, match=r"--execution cannot change a served policy.*--delay-steps works"
+    ):
+        _policy_setup(args, ["point"])
+    args = build_parser().parse_args(["--baseline", "random", "--execution", "rtc"])
+    with pytest.raises(ValueError, match="RandomPolicy cannot execute 'rtc'"):
+        _policy_setup(args, ["robosuite_panda_osc"])
+    args = build_parser().parse_args(["--baseline", "random", "--delay-steps", "-2"])
+    with pytest.raises(EvaluationError, match="--delay-steps must be >= 0"):
+        _policy_setup(args, ["robosuite_panda_osc"])

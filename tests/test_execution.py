@@ -228,6 +228,10 @@ def test_rtc_soft_guidance_pulls_the_overlap_towards_the_previous_chunk() -> Non
 
     # no frozen step: only the guidance moves the first steps of the overlap, and it moves them a lot closer
     assert gap(guided) < 0.5 * gap(plain)
+    # --no-rtc-vjp: the identity in place of the decoder's Jacobian pulls too, along another path
+    identity = RTCGuide(target, torch.zeros(4, dtype=torch.long), overlap, vjp=False)
+    approx = prior.sample_rtc(z, ids, identity, generator=_gen())
+    assert gap(approx) < 0.5 * gap(plain) and not torch.allclose(approx, guided)
     with pytest.raises(ValueError, match=r"frozen \[3\] exceeds overlap \[2\]"):
         prior.sample_rtc(z[:1], ids[:1], RTCGuide(target[:1], torch.tensor([3]), torch.tensor([2])))
 

@@ -181,7 +181,15 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     registry = EmbodimentRegistry.from_dir(names=embodiments)
     render = {e: policy_cameras[e] or tuple(registry[e].cameras[:1]) for e in embodiments}
     entries = [(t.embodiment, t.task, args.max_steps or t.max_steps) for t in suite.tasks]
-    jobs = make_jobs(entries, args.episodes_per_task, policy_cameras, args.seed, args.videos_per_task)
+    grippers = {e: tuple(registry[e].gripper_action_dims) for e in embodiments}
+    jobs = make_jobs(
+        entries,
+        args.episodes_per_task,
+        policy_cameras,
+        args.seed,
+        args.videos_per_task,
+        gripper_dims=grippers,
+    )
     env_factory = SimEnvFactory(image_size, render, suite=str(args.suite))
     out = args.out or Path("runs/eval") / f"{Path(str(args.suite)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 

@@ -87,7 +87,8 @@ def success_table(report: dict[str, Any], title: str = "closed-loop success") ->
         table.add_column(label, justify="right")
     if report.get("action_units"):
         table.caption = (
-            f"smoothness per control step, in {report['action_units']} action units (mean over episodes)"
+            f"smoothness per control step, in {report['action_units']} action units, gripper dims left out "
+            "(mean over episodes)"
         )
     for row in report["per_task"]:
         table.add_row(
@@ -325,7 +326,9 @@ def _markdown_table(report: dict[str, Any]) -> str:
         + " | ".join(_smoothness_cells(o))
         + " |"
     )
-    lines.append(f"\nsmoothness per control step in {report.get('action_units', 'raw')} action units")
+    lines.append(
+        f"\nsmoothness per control step in {report.get('action_units', 'raw')} action units, gripper dims left out"
+    )
     return "\n".join(lines)
 
 

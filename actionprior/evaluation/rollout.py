@@ -53,6 +53,8 @@ class EpisodeJob:
     max_steps: int
     cameras: tuple[str, ...]  # the cameras handed to the policy, in its order
     record_video: bool = False
+    # action dims left out of the smoothness figures: binary gripper commands, whose switches are intended
+    gripper_dims: tuple[int, ...] = ()
 
 
 @dataclass
@@ -174,6 +176,10 @@ def run_episode(policy: PolicyLike, env_factory: EnvFactory, job: EpisodeJob) ->
             if success or done:
                 break
         executed, units = _in_policy_units(policy, job.embodiment, actions)
+        arm = [i for i in range(executed.shape[1]) if i not in job.gripper_dims] or list(
+            range(executed.shape[1])
+        )
+        executed = executed[:, arm]
         return EpisodeResult(
             embodiment=job.embodiment,
             task=job.task,
@@ -249,8 +255,10 @@ def make_jobs(
     cameras: dict[str, tuple[str, ...]],
     base_seed: int = 0,
     videos_per_task: int = 1,
+    gripper_dims: dict[str, tuple[int, ...]] | None = None,
 ) -> list[EpisodeJob]:
-    """Jobs for ``(embodiment, task, max_steps)`` entries; seeds are distinct across the whole suite."""
+    """Jobs for ``(embodiment, task, max_steps)`` entries; seeds are distinct across the whole suite.
+    ``gripper_dims``: per embodiment, the action dims the smoothness figures leave out."""
     jobs = []
     for i, (embodiment, task, max_steps) in enumerate(entries):
         for ep in range(episodes_per_task):
@@ -263,6 +271,7 @@ def make_jobs(
                     max_steps=max_steps,
                     cameras=tuple(cameras.get(embodiment, ())),
                     record_video=ep < videos_per_task,
+                    gripper_dims=tuple((gripper_dims or {}).get(embodiment, ())),
                 )
             )
     return jobs

@@ -9,6 +9,8 @@
 
 Computed in the policy's normalised action units where the policy has them (a checkpoint's Normalizer, also
 through a server), else in raw units (the simulators' action range, [-1, 1]); the report says which.
+``actionprior eval`` leaves the embodiment's gripper dims out (``gripper_action_dims``): a gripper command is
+binary in the simulators, and its open/close switch is a decision, not the stutter these figures measure.
 """
 
 from __future__ import annotations

@@ -60,6 +60,8 @@ class ExecutionConfig:
             only the frozen prefix).
         rtc_mask: ``soft`` (the paper's exponentially decaying mask over the overlap) or ``hard`` (guide the
             frozen prefix only).
+        rtc_vjp: the paper's guidance through the decoder's Jacobian (a backward pass per Euler step); False
+            approximates that Jacobian by the identity (cheaper; not the paper's).
     """
 
     mode: ExecutionMode = "replan"
@@ -67,6 +69,7 @@ class ExecutionConfig:
     ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
     rtc_max_guidance: float = DEFAULT_MAX_GUIDANCE
     rtc_mask: str = "soft"
+    rtc_vjp: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -214,7 +217,7 @@ class ChunkExecutor:
         return np.asarray(action, dtype=np.float32).copy()
 
 
-EXECUTION_OPTIONS = ("execution", "ensemble_decay", "rtc_max_guidance", "rtc_mask")
+EXECUTION_OPTIONS = ("execution", "ensemble_decay", "rtc_max_guidance", "rtc_mask", "rtc_vjp")
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser, delay: bool = True) -> None:
@@ -242,6 +245,13 @@ def add_execution_arguments(parser: argparse.ArgumentParser, delay: bool = True)
     )
     group.add_argument(
         "--rtc-mask", choices=MASK_KINDS, default=None, help="RTC guidance mask (default soft)"
+    )
+    group.add_argument(
+        "--rtc-vjp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="RTC guidance through the decoder's Jacobian, as the paper (default); --no-rtc-vjp takes it as the "
+        "identity: no backward pass, cheaper, an approximation",
     )
     if delay:
         group.add_argument(

@@ -200,6 +200,7 @@ class Policy(BasePolicy):
             overlap=torch.tensor([len(previous)], device=self.device),
             max_guidance=self.execution.rtc_max_guidance,
             mask=self.execution.rtc_mask,  # type: ignore[arg-type]
+            vjp=self.execution.rtc_vjp,
         )
 
     def _action_affine(self, embodiment: str) -> dict[str, list[float]]:

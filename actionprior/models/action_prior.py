@@ -283,8 +283,8 @@ class ActionPrior(nn.Module):
 
         The guidance needs a vector-Jacobian product through the decoder, so this runs with autograd on (also
         when called under ``torch.inference_mode``, as :meth:`VLA.sample_actions` is): one forward and one
-        backward pass per step, gradients with respect to the noisy chunk only, parameters untouched. With
-        ``max_guidance == 0`` no backward pass runs; with in addition no frozen step the result is
+        backward pass per step (unless ``guide.vjp`` is False), gradients with respect to the noisy chunk only,
+        parameters untouched. With ``max_guidance == 0`` no backward pass runs; with in addition no frozen step the result is
         :meth:`sample`'s exactly. Always eager (a compiled sampler is not used here).
         """
         steps = steps or self.config.sample_steps
@@ -311,6 +311,9 @@ class ActionPrior(nn.Module):
                 scale = guidance_weight(t, guide.max_guidance)
                 if scale == 0.0:
                     v = self.decoder.velocity_at(x, context, plan[i])
+                elif not guide.vjp:  # the identity in place of the Jacobian: no backward pass
+                    v = self.decoder.velocity_at(x, context, plan[i])
+                    v = v + scale * (target - (x + (1.0 - t) * v)) * weights
                 else:
                     with torch.enable_grad():
                         x_in = x.detach().requires_grad_(True)

@@ -71,6 +71,9 @@ class RTCGuide:
         overlap: ``[B]`` steps of the new chunk that the previous chunk still covers.
         max_guidance: the guidance-weight clip ``beta`` (0 switches guidance off).
         mask: ``soft`` (exponential decay over the overlap) or ``hard`` (the frozen prefix only).
+        vjp: the paper's guidance, through the decoder's Jacobian (one backward pass per Euler step); False
+            takes the Jacobian of the denoised estimate as the identity (``g = (Y - x1_hat) W``): no backward
+            pass, an approximation that is not the paper's.
     """
 
     target: Tensor
@@ -78,6 +81,7 @@ class RTCGuide:
     overlap: Tensor
     max_guidance: float = DEFAULT_MAX_GUIDANCE
     mask: MaskKind = "soft"
+    vjp: bool = True
 
     def check(self, batch: int, chunk_len: int, action_dim: int) -> None:
         problems = []
