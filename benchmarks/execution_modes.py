@@ -297,6 +297,7 @@ def plots(summary: dict[str, Any], out: Path) -> list[Path]:
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
         ax.set_xlabel("inference delay (control steps)")
+        ax.set_xticks(sorted({r["delay_steps"] for r in summary["rows"]}))
         ax.set_ylabel(f"{label} ({summary['action_units']})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)

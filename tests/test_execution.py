@@ -251,3 +251,10 @@ def test_jerk_of_a_known_polynomial_trajectory() -> None:
     figures = smoothness(step, [4])
     assert figures["max_boundary_jump"] == 5.0 and figures["action_tv"] == pytest.approx(7.0 / 7)
     assert smoothness(step, [])["max_boundary_jump"] is None
+
+
+def test_steps_between_chunks_default_per_mode() -> None:
+    from actionprior.inference.execution import default_replan_every
+
+    assert [default_replan_every(m, 16) for m in ("replan", "ensemble", "rtc")] == [16, 1, 8]
+    assert default_replan_every("rtc", 1) == 1

@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of the episodes")
     p.add_argument("--max-steps", type=int, default=None, help="override the suite's per-task step limit")
     p.add_argument(
-        "--replan-every", type=int, default=None, help="actions executed per chunk (default: chunk)"
+        "--replan-every",
+        type=int,
+        default=None,
+        help="steps between chunks (default: the chunk length for replan, 1 for ensemble, half the chunk for rtc)",
     )
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
     add_execution_arguments(p)

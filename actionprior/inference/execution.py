@@ -90,6 +90,12 @@ class ExecutionConfig:
         return asdict(self)
 
 
+def default_replan_every(mode: str, chunk_len: int) -> int:
+    """Steps between chunks when not given: the whole chunk for ``replan`` (execute it, then replan), every step
+    for ``ensemble`` (ACT), half the chunk for ``rtc`` (an overlap to continue, and room for a delay)."""
+    return {"ensemble": 1, "rtc": max(chunk_len // 2, 1)}.get(mode, chunk_len)
+
+
 def check_coverage(chunk_len: int, replan_every: int, delay_steps: int) -> None:
     """Refuse settings under which the robot would run out of actions while the next chunk is computed."""
     if not 1 <= replan_every <= chunk_len:

@@ -25,7 +25,7 @@ from actionprior.data.schema import STATS_FILE
 from actionprior.data.writer import load_stats
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
-from actionprior.inference.execution import ChunkGuide, ExecutionConfig, check_coverage
+from actionprior.inference.execution import ChunkGuide, ExecutionConfig, check_coverage, default_replan_every
 from actionprior.inference.export import read_exported
 from actionprior.inference.observation import ObservationSpec
 from actionprior.models.rtc import RTCGuide
@@ -68,7 +68,7 @@ class Policy(BasePolicy):
         self.device = torch.device(device)
         self.seed = seed
         execution = execution or ExecutionConfig()
-        replan_every = replan_every or chunk_len
+        replan_every = replan_every or default_replan_every(execution.mode, chunk_len)
         check_coverage(chunk_len, replan_every, execution.delay_steps)
         spec = ObservationSpec(self.registry, tuple(camera_names), image_size)
         self.batches = BatchBuilder(self.registry, normalizer, chunk_len, history_len, camera_names)

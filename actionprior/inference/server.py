@@ -272,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--replan-every", type=int, default=None, help="actions executed per chunk (default: from ckpt)"
+        "--replan-every",
+        type=int,
+        default=None,
+        help="steps between chunks (default: the chunk length for replan, 1 for ensemble, half the chunk for rtc)",
     )
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
     p.add_argument(
