@@ -72,6 +72,7 @@ _KNOWN_ERRORS: dict[str, tuple[str, ...]] = {
     "actionprior.training.strategies": ("StrategyError",),
     "actionprior.inference.policy": ("PolicyCheckpointError",),
     "actionprior.inference.client": ("PolicyServerError",),
+    "actionprior.inference.execution": ("ExecutionError",),
     "actionprior.sim.base": ("SimError",),
     "actionprior.evaluation.rollout": ("RolloutError",),
 }

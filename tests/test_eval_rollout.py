@@ -13,6 +13,7 @@ from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 from actionprior.evaluation.report import aggregate, frame_grid, success_table, write_all
 from actionprior.evaluation.rollout import RolloutError, make_jobs, run_rollouts
 from actionprior.inference.base import BasePolicy, History, RandomPolicy
+from actionprior.inference.execution import ExecutionConfig
 from actionprior.inference.observation import ObservationSpec
 
 IMG = 24
@@ -69,8 +70,8 @@ class ToyEnvFactory:
 class ExpertPolicy(BasePolicy):
     """Moves towards the goal read from the state; plans 3-step chunks and replans every 2."""
 
-    def __init__(self):
-        super().__init__(ObservationSpec(registry(), ("top",), IMG), replan_every=2)
+    def __init__(self, execution: ExecutionConfig | None = None):
+        super().__init__(ObservationSpec(registry(), ("top",), IMG), replan_every=2, execution=execution)
 
     def predict_chunk(self, observation, history: History) -> np.ndarray:
         s = observation["state"]
@@ -80,8 +81,10 @@ class ExpertPolicy(BasePolicy):
 
 @dataclass(frozen=True)
 class ExpertFactory:
+    execution: ExecutionConfig | None = None
+
     def __call__(self) -> ExpertPolicy:
-        return ExpertPolicy()
+        return ExpertPolicy(self.execution)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,45 @@ def test_report_files_table_chart_and_tensorboard(tmp_path) -> None:
     assert report["artifacts"]["videos"] == [str(g) for g in gifs]
     table = success_table(aggregate(results))
     assert table.row_count == 2 + 1 + 1  # two tasks, one embodiment row, the total
+    # smoothness: per episode, per task (mean over episodes), in the table, TensorBoard and a companion chart
+    assert on_disk["action_units"] == "raw"  # the toy policy has no normaliser
+    for r, e in zip(results, on_disk["episodes"], strict=True):
+        actions_ok = r.steps >= 4
+        assert (e["rms_jerk"] is not None) == actions_ok and e["action_units"] == "raw"
+    steps_a = [r for r in results if r.task == "reach-a"]
+    assert rows["reach-a"]["rms_jerk"] == pytest.approx(np.mean([r.rms_jerk for r in steps_a]))
+    assert [c.header for c in table.columns][-3:] == ["RMS jerk", "max jump", "TV/step"]
+    smooth = np.asarray(Image.open(tmp_path / "smoothness.png").convert("RGB"))
+    assert smooth.shape[1] > chart.shape[1] and smooth.std() > 10
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+    assert {"eval/rms_jerk", "eval/max_boundary_jump/point/reach-a", "eval/action_tv"} <= set(scalars)
+
+
+def test_delayed_and_ensembled_rollouts_in_process_and_through_the_server() -> None:
+    """A simulated delay of one step and ensembling change the executed actions; the asynchronous client with
+    that delay gives the in-process results exactly; smoothness sees the chunk boundaries."""
+    from actionprior.evaluation.rollout import ServerPolicyFactory
+    from actionprior.inference.server import PolicyServer
+
+    jobs = make_jobs([("point", "reach-a", 30)], 2, {"point": ("top",)}, base_seed=3, videos_per_task=0)
+    plain = run_rollouts(jobs, ExpertFactory(), ToyEnvFactory(), workers=0)
+    delayed = ExecutionConfig(delay_steps=1)
+    local = run_rollouts(jobs, ExpertFactory(delayed), ToyEnvFactory(), workers=0)
+    assert [r.steps for r in local] != [r.steps for r in plain] and all(r.success for r in local)
+    with PolicyServer(ExpertPolicy(), port=0) as server:
+        remote = run_rollouts(
+            jobs, ServerPolicyFactory(server.url, delay_steps=1), ToyEnvFactory(), workers=0
+        )
+    assert [(r.success, r.steps, r.replans, r.rms_jerk, r.max_boundary_jump) for r in remote] == [
+        (r.success, r.steps, r.replans, r.rms_jerk, r.max_boundary_jump) for r in local
+    ]
+    ensembled = run_rollouts(jobs, ExpertFactory(ExecutionConfig("ensemble")), ToyEnvFactory(), workers=0)
+    assert all(r.success for r in ensembled)
+    # chunks [s, s/2, s/4] replanned every 2 steps jump back up at every boundary; averaging overlapping
+    # chunks smooths that
+    assert np.mean([r.max_boundary_jump for r in ensembled]) < np.mean([r.max_boundary_jump for r in plain])
 
 
 def test_frame_grid_keeps_first_and_last_frames() -> None:
@@ -176,3 +218,35 @@ def test_eval_refuses_a_policy_that_lacks_a_suite_embodiment() -> None:
         EvaluationError, match=r"does not control embodiments \['robosuite_panda_osc'\].*--only"
     ):
         _cameras(info, ["point", "robosuite_panda_osc"])
+
+
+def test_smoothness_leaves_the_gripper_dims_out() -> None:
+    from actionprior.evaluation.rollout import run_episode
+    from actionprior.evaluation.smoothness import action_tv, rms_jerk
+
+    policy, executed = ExpertPolicy(), []
+    act = policy.act
+    policy.act = lambda obs: executed.append(act(obs)) or executed[-1]
+    job = make_jobs([("point", "reach-a", 30)], 1, {"point": ("top",)}, gripper_dims={"point": (1,)})[0]
+    result = run_episode(policy, ToyEnvFactory(), job)
+    actions = np.stack(executed)
+    assert job.gripper_dims == (1,) and len(actions) == result.steps >= 4
+    assert result.rms_jerk == pytest.approx(rms_jerk(actions[:, :1]))
+    assert result.action_tv == pytest.approx(action_tv(actions[:, :1]))
+    assert result.rms_jerk != pytest.approx(rms_jerk(actions))
+
+
+def test_eval_refuses_execution_settings_that_cannot_apply() -> None:
+    from actionprior.evaluation.evaluate import EvaluationError, _policy_setup, build_parser
+
+    args = build_parser().parse_args(["--via-server", "ws://127.0.0.1:1", "--execution", "rtc"])
+    with pytest.raises(
+        EvaluationError, match=r"--execution cannot change a served policy.*--delay-steps works"
+    ):
+        _policy_setup(args, ["point"])
+    args = build_parser().parse_args(["--baseline", "random", "--execution", "rtc"])
+    with pytest.raises(ValueError, match="RandomPolicy cannot execute 'rtc'"):
+        _policy_setup(args, ["robosuite_panda_osc"])
+    args = build_parser().parse_args(["--baseline", "random", "--delay-steps", "-2"])
+    with pytest.raises(EvaluationError, match="--delay-steps must be >= 0"):
+        _policy_setup(args, ["robosuite_panda_osc"])

@@ -72,3 +72,26 @@ def test_eval_cli_on_two_simulators_writes_report_and_real_videos(tmp_path) -> N
         assert len(np.unique(frames[0].reshape(-1, 3), axis=0)) > 50
         # the robot moves: consecutive frames differ
         assert np.abs(np.diff(frames, axis=0)).mean() > 0.1
+
+
+def test_eval_cli_rtc_under_a_simulated_delay_reports_smoothness(tmp_path) -> None:
+    from actionprior.embodiments import EmbodimentRegistry
+    from actionprior.evaluation.evaluate import EvaluationError, cli_main
+
+    registry = EmbodimentRegistry.from_dir(names=["robosuite_panda_osc"])
+    ckpt = write_tiny_checkpoint(tmp_path / "sim.ckpt", registry=registry, cameras=("scene", "wrist"))
+    out = tmp_path / "eval"
+    argv = ["--ckpt", str(ckpt), "--only", "robosuite_panda_osc/lift", "--episodes-per-task", "1"]
+    argv += ["--max-steps", "8", "--workers", "0", "--image-size", "32", "--history-len", "2"]
+    argv += ["--videos-per-task", "0", "--no-tensorboard", "--replan-every", "2"]
+    assert cli_main([*argv, "--out", str(out), "--execution", "rtc", "--delay-steps", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["delay_steps"] == 1 and report["meta"]["policy"]["execution"]["mode"] == "rtc"
+    assert report["action_units"] == "normalised"
+    episode = report["episodes"][0]
+    if episode["steps"] == 8:  # chunks at steps 0, 2, 4, 6 (4 actions each) take over at 3, 5, 7
+        assert episode["replans"] == 4 and episode["max_boundary_jump"] is not None
+    assert episode["rms_jerk"] is not None and (out / "smoothness.png").stat().st_size > 0
+    # the tiny checkpoint's chunks hold 4 actions: replanning every 2 leaves room for a delay of 2, not 3
+    with pytest.raises(EvaluationError, match=r"need max\(replan_every, delay\) \+ delay <= 4"):
+        cli_main([*argv, "--out", str(tmp_path / "bad"), "--delay-steps", "3"])

@@ -13,7 +13,7 @@ from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 from actionprior.inference.base import BasePolicy, History
 from actionprior.inference.client import PolicyClient, PolicyServerError
 from actionprior.inference.observation import ObservationError, ObservationSpec
-from actionprior.inference.protocol import ProtocolError, decode, encode
+from actionprior.inference.protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
 from actionprior.inference.server import PolicyServer
 
 IMG = 16
@@ -163,9 +163,9 @@ def test_server_answers_malformed_requests_with_errors_and_keeps_serving(server:
         assert not reply["ok"] and "exceeds the limit of 65536 bytes" in reply["error"]
         reply = client.send_raw(b"\xc1 definitely not msgpack")
         assert not reply["ok"] and "not a valid msgpack" in reply["error"]
-        reply = client.send_raw(encode({"type": "fly"}))
+        reply = client.send_raw(encode({"type": "fly", "version": PROTOCOL_VERSION}))
         assert not reply["ok"] and "unknown request type 'fly'" in reply["error"]
-        reply = client.send_raw(encode({"type": "act"}))
+        reply = client.send_raw(encode({"type": "act", "version": PROTOCOL_VERSION}))
         assert not reply["ok"] and "needs an 'observation'" in reply["error"]
         # the same connection still works after every kind of error
         assert client.act(_obs()).shape == (2,)

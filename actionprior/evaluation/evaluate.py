@@ -3,9 +3,12 @@
     actionprior eval --ckpt runs/stage2/last.ckpt --suite sim-default --episodes-per-task 10 --workers 2
     actionprior eval --via-server ws://127.0.0.1:8765 --suite sim-default --episodes-per-task 5
     actionprior eval --baseline random --suite sim-default --episodes-per-task 5
+    actionprior eval --ckpt runs/stage2/last.ckpt --execution rtc --replan-every 8 --delay-steps 2
 
-Writes ``report.json``, ``success.png``, ``videos/*.gif`` and TensorBoard events into ``--out`` and prints
-the success table.
+Writes ``report.json``, ``success.png``, ``smoothness.png``, ``videos/*.gif`` and TensorBoard events into
+``--out`` and prints the success and smoothness table. ``--execution`` picks how chunks are executed and
+``--delay-steps d`` simulates inference latency: the environment advances ``d`` control steps while a chunk is
+computed, the previous chunk's actions continuing (:mod:`actionprior.inference.execution`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,12 @@ from actionprior.evaluation.rollout import (
     run_rollouts,
 )
 from actionprior.inference.base import RandomPolicy
+from actionprior.inference.execution import (
+    EXECUTION_OPTIONS,
+    ExecutionConfig,
+    add_execution_arguments,
+    execution_from_args,
+)
 from actionprior.inference.observation import ObservationSpec
 
 
@@ -51,12 +60,13 @@ class RandomBaselineFactory:
 
     embodiments: tuple[str, ...]
     seed: int = 0
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def __call__(self) -> RandomPolicy:
         from actionprior.embodiments import EmbodimentRegistry
 
         registry = EmbodimentRegistry.from_dir(names=self.embodiments)
-        return RandomPolicy(ObservationSpec(registry, (), None), seed=self.seed)
+        return RandomPolicy(ObservationSpec(registry, (), None), seed=self.seed, execution=self.execution)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of the episodes")
     p.add_argument("--max-steps", type=int, default=None, help="override the suite's per-task step limit")
     p.add_argument(
-        "--replan-every", type=int, default=None, help="actions executed per chunk (default: chunk)"
+        "--replan-every",
+        type=int,
+        default=None,
+        help="steps between chunks (default: the chunk length for replan, 1 for ensemble, half the chunk for rtc)",
     )
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
+    add_execution_arguments(p)
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--stats", default=None, help="stats.json or fingerprint the checkpoint must match")
@@ -99,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _policy_setup(args: argparse.Namespace, embodiments: list[str]) -> tuple[Any, dict[str, Any]]:
     """(picklable policy factory, description with cameras per embodiment and image size)."""
+    if args.delay_steps < 0:
+        raise EvaluationError(f"--delay-steps must be >= 0, got {args.delay_steps}")
+    try:
+        execution = execution_from_args(args)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
     if args.ckpt:
         factory = CheckpointPolicyFactory(
             args.ckpt,
@@ -108,17 +128,30 @@ def _policy_setup(args: argparse.Namespace, embodiments: list[str]) -> tuple[Any
             args.stats,
             args.image_size,
             args.history_len,
+            execution,
         )
-        info = factory().describe()  # loads once here: a bad checkpoint fails before any worker starts
+        try:
+            info = factory().describe()  # loads once here: a bad checkpoint fails before any worker starts
+        except ValueError as exc:  # settings that do not fit the checkpoint (replan_every, delay, ...)
+            raise EvaluationError(f"{args.ckpt}: {exc}") from None
     elif args.via_server:
-        factory = ServerPolicyFactory(args.via_server)
+        given = [
+            f"--{name.replace('_', '-')}" for name in EXECUTION_OPTIONS if getattr(args, name) is not None
+        ]
+        if given or args.replan_every is not None:
+            raise EvaluationError(
+                f"{' '.join(given + (['--replan-every'] if args.replan_every is not None else []))} "
+                "cannot change a served policy: it executes chunks as `actionprior serve` was told "
+                "(--execution, --replan-every there); --delay-steps works here"
+            )
+        factory = ServerPolicyFactory(args.via_server, delay_steps=args.delay_steps or None)
         client = factory()
         try:
             info = client.info()
         finally:
             client.close()
     else:
-        factory = RandomBaselineFactory(tuple(embodiments), args.seed)
+        factory = RandomBaselineFactory(tuple(embodiments), args.seed, execution)
         info = factory().describe()
     return factory, info
 
@@ -151,14 +184,24 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     registry = EmbodimentRegistry.from_dir(names=embodiments)
     render = {e: policy_cameras[e] or tuple(registry[e].cameras[:1]) for e in embodiments}
     entries = [(t.embodiment, t.task, args.max_steps or t.max_steps) for t in suite.tasks]
-    jobs = make_jobs(entries, args.episodes_per_task, policy_cameras, args.seed, args.videos_per_task)
+    grippers = {e: tuple(registry[e].gripper_action_dims) for e in embodiments}
+    jobs = make_jobs(
+        entries,
+        args.episodes_per_task,
+        policy_cameras,
+        args.seed,
+        args.videos_per_task,
+        gripper_dims=grippers,
+    )
     env_factory = SimEnvFactory(image_size, render, suite=str(args.suite))
     out = args.out or Path("runs/eval") / f"{Path(str(args.suite)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     source = args.ckpt or args.via_server or f"baseline:{args.baseline}"
+    execution = info.get("execution") or {}
     console.print(
         f"evaluating [bold]{source}[/] on {len(suite.tasks)} tasks x {args.episodes_per_task} episodes "
-        f"with {args.workers} workers (image {image_size}px, replan every {info.get('replan_every')})"
+        f"with {args.workers} workers (image {image_size}px, {execution.get('mode', 'replan')} execution, "
+        f"a chunk every {info.get('replan_every')} steps, delay {args.delay_steps} steps)"
     )
     results = _run_with_progress(jobs, factory, env_factory, args.workers, console)
     meta = {
@@ -168,11 +211,15 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "workers": args.workers,
         "image_size": image_size,
+        "delay_steps": args.delay_steps,
         "policy": info,
     }
     report = write_all(results, out, meta, args.fps, tensorboard=not args.no_tensorboard)
     print_table(report, console)
-    console.print(f"report: {out / 'report.json'}\nchart:  {report['artifacts']['chart']}")
+    console.print(
+        f"report: {out / 'report.json'}\ncharts: {report['artifacts']['chart']}, "
+        f"{report['artifacts']['smoothness_chart']}"
+    )
     console.print(f"videos: {out / 'videos'} ({len(report['artifacts']['videos'])} GIFs)")
     if "tensorboard" in report["artifacts"]:
         console.print(f"tensorboard --logdir {report['artifacts']['tensorboard']}")

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from actionprior.evaluation.smoothness import smoothness
 from actionprior.inference.base import PolicyLike
+from actionprior.inference.execution import ExecutionConfig
 
 if TYPE_CHECKING:
     from actionprior.inference.policy import Policy
@@ -51,6 +53,8 @@ class EpisodeJob:
     max_steps: int
     cameras: tuple[str, ...]  # the cameras handed to the policy, in its order
     record_video: bool = False
+    # action dims left out of the smoothness figures: binary gripper commands, whose switches are intended
+    gripper_dims: tuple[int, ...] = ()
 
 
 @dataclass
@@ -65,6 +69,11 @@ class EpisodeResult:
     act_ms_mean: float  # time per act() call as the caller sees it (includes the network for a server)
     replans: int
     instruction: str = ""
+    # smoothness of the executed actions (actionprior.evaluation.smoothness), in ``action_units``
+    rms_jerk: float | None = None
+    max_boundary_jump: float | None = None
+    action_tv: float | None = None
+    action_units: str = "raw"  # "normalised" (the policy's Normalizer) or "raw" (the simulator's range)
     frames: np.ndarray | None = field(default=None, repr=False)  # uint8 [T, h, w, 3] of the video camera
 
     def summary(self) -> dict[str, Any]:
@@ -97,6 +106,7 @@ class CheckpointPolicyFactory:
     expected_stats: str | None = None
     image_size: int | None = None
     history_len: int | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def __call__(self) -> Policy:
         from actionprior.inference.policy import Policy
@@ -109,18 +119,25 @@ class CheckpointPolicyFactory:
             expected_stats=self.expected_stats,
             image_size=self.image_size,
             history_len=self.history_len,
+            execution=self.execution,
         )
 
 
 @dataclass(frozen=True)
 class ServerPolicyFactory:
+    """A client of a policy server; with ``delay_steps`` an asynchronous one whose chunks are used exactly
+    that many steps after their observation (simulated latency; the server's execution mode)."""
+
     url: str
     timeout: float = 60.0
+    delay_steps: int | None = None
 
     def __call__(self) -> PolicyLike:
         from actionprior.inference.client import PolicyClient
 
-        return PolicyClient(self.url, timeout=self.timeout)
+        if self.delay_steps is None:
+            return PolicyClient(self.url, timeout=self.timeout)
+        return PolicyClient(self.url, timeout=self.timeout, asynchronous=True, delay_steps=self.delay_steps)
 
 
 def run_episode(policy: PolicyLike, env_factory: EnvFactory, job: EpisodeJob) -> EpisodeResult:
@@ -135,6 +152,8 @@ def run_episode(policy: PolicyLike, env_factory: EnvFactory, job: EpisodeJob) ->
             video_cam = video_cam or _first_camera(raw)
             frames.append(_frame(raw, video_cam))
         success, steps, replans, act_s = False, 0, 0, 0.0
+        actions: list[np.ndarray] = []
+        boundaries: list[int] = []  # steps at which a new chunk took effect
         while steps < job.max_steps:
             obs = {
                 "embodiment": job.embodiment,
@@ -145,13 +164,22 @@ def run_episode(policy: PolicyLike, env_factory: EnvFactory, job: EpisodeJob) ->
             t0 = time.perf_counter()
             action = policy.act(obs)
             act_s += time.perf_counter() - t0
-            replans += int(getattr(policy, "last_replanned", True))
+            replanned = bool(getattr(policy, "last_replanned", True))
+            replans += int(replanned)
+            if getattr(policy, "last_switched", replanned):
+                boundaries.append(steps)
+            actions.append(np.asarray(action, dtype=np.float32))
             raw, success, done = env.step(np.asarray(action))
             steps += 1
             if job.record_video:
                 frames.append(_frame(raw, video_cam))
             if success or done:
                 break
+        executed, units = _in_policy_units(policy, job.embodiment, actions)
+        arm = [i for i in range(executed.shape[1]) if i not in job.gripper_dims] or list(
+            range(executed.shape[1])
+        )
+        executed = executed[:, arm]
         return EpisodeResult(
             embodiment=job.embodiment,
             task=job.task,
@@ -164,9 +192,23 @@ def run_episode(policy: PolicyLike, env_factory: EnvFactory, job: EpisodeJob) ->
             replans=replans,
             instruction=str(raw.get("instruction", "")),
             frames=np.stack(frames) if frames else None,
+            **smoothness(executed, boundaries),
+            action_units=units,
         )
     finally:
         env.close()
+
+
+def _in_policy_units(
+    policy: PolicyLike, embodiment: str, actions: list[np.ndarray]
+) -> tuple[np.ndarray, str]:
+    """The executed actions ``[T, Da]`` in the policy's normalised units when it has them, else raw."""
+    if not actions:
+        return np.zeros((0, 0), np.float32), "raw"
+    raw = np.stack(actions)
+    normalize = getattr(policy, "normalize_action", None)
+    normalised = normalize(embodiment, raw) if normalize is not None else None
+    return (raw, "raw") if normalised is None else (np.asarray(normalised), "normalised")
 
 
 def _first_camera(obs: dict[str, Any]) -> str | None:
@@ -213,8 +255,10 @@ def make_jobs(
     cameras: dict[str, tuple[str, ...]],
     base_seed: int = 0,
     videos_per_task: int = 1,
+    gripper_dims: dict[str, tuple[int, ...]] | None = None,
 ) -> list[EpisodeJob]:
-    """Jobs for ``(embodiment, task, max_steps)`` entries; seeds are distinct across the whole suite."""
+    """Jobs for ``(embodiment, task, max_steps)`` entries; seeds are distinct across the whole suite.
+    ``gripper_dims``: per embodiment, the action dims the smoothness figures leave out."""
     jobs = []
     for i, (embodiment, task, max_steps) in enumerate(entries):
         for ep in range(episodes_per_task):
@@ -227,6 +271,7 @@ def make_jobs(
                     max_steps=max_steps,
                     cameras=tuple(cameras.get(embodiment, ())),
                     record_video=ep < videos_per_task,
+                    gripper_dims=tuple((gripper_dims or {}).get(embodiment, ())),
                 )
             )
     return jobs

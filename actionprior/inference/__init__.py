@@ -1,2 +1,3 @@
 """Inference: a trained policy (checkpoint or exported folder -> actions), observation validation, history and
-chunk queue, and the websocket server, client and wire protocol. Imports neither Lightning nor the simulators."""
+chunk execution (replan, ensemble, rtc), and the websocket server, (asynchronous) client and wire protocol.
+Imports neither Lightning nor the simulators."""

@@ -2,8 +2,9 @@
 
 :class:`Policy` wraps the VLA with the same :class:`~actionprior.data.normalization.Normalizer` that
 training used (it travels inside the checkpoint), builds the model's batch (docs/contracts.md) from one
-raw observation plus the history ring buffer, samples an action chunk, un-normalises it and queues the
-first ``replan_every`` actions (see :class:`~actionprior.inference.base.BasePolicy`).
+raw observation plus the history ring buffer, samples an action chunk, un-normalises it and executes it as
+its execution mode says (:class:`~actionprior.inference.base.BasePolicy`); in ``rtc`` mode the chunk is
+inpainted to continue the previous one (:meth:`~actionprior.models.action_prior.ActionPrior.sample_rtc`).
 
 Sampling noise comes from a generator re-seeded on every ``reset()``, so an episode is reproducible and
 a server connection produces exactly the actions of an in-process policy with the same seed.
@@ -24,8 +25,10 @@ from actionprior.data.schema import STATS_FILE
 from actionprior.data.writer import load_stats
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
+from actionprior.inference.execution import ChunkGuide, ExecutionConfig, check_coverage, default_replan_every
 from actionprior.inference.export import read_exported
 from actionprior.inference.observation import ObservationSpec
+from actionprior.models.rtc import RTCGuide
 
 
 class PolicyCheckpointError(ValueError):
@@ -33,6 +36,8 @@ class PolicyCheckpointError(ValueError):
 
 
 class Policy(BasePolicy):
+    supports_guidance = True
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -46,8 +51,10 @@ class Policy(BasePolicy):
         device: str | torch.device = "cpu",
         seed: int = 0,
         compile_decoder: bool = False,
+        execution: ExecutionConfig | None = None,
     ):
-        """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised).
+        """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised), and
+        for ``rtc`` execution also the ``guide=`` keyword (:class:`~actionprior.models.rtc.RTCGuide`).
 
         ``compile_decoder`` compiles the decoder's Euler loop (``torch.compile``; CUDA graphs on a GPU): opt-in,
         since the first chunk then pays the compile time (tens of seconds)."""
@@ -60,12 +67,12 @@ class Policy(BasePolicy):
         self.sample_steps = sample_steps
         self.device = torch.device(device)
         self.seed = seed
-        replan_every = replan_every or chunk_len
-        if not 1 <= replan_every <= chunk_len:
-            raise ValueError(f"replan_every must be in [1, chunk_len={chunk_len}], got {replan_every}")
+        execution = execution or ExecutionConfig()
+        replan_every = replan_every or default_replan_every(execution.mode, chunk_len)
+        check_coverage(chunk_len, replan_every, execution.delay_steps)
         spec = ObservationSpec(self.registry, tuple(camera_names), image_size)
         self.batches = BatchBuilder(self.registry, normalizer, chunk_len, history_len, camera_names)
-        super().__init__(spec, replan_every=replan_every, history_len=history_len)
+        super().__init__(spec, replan_every=replan_every, history_len=history_len, execution=execution)
 
     @classmethod
     def load(cls, source: str | Path, **kwargs: Any) -> Policy:
@@ -99,6 +106,7 @@ class Policy(BasePolicy):
         history_len: int | None = None,
         seed: int = 0,
         compile_decoder: bool = False,
+        execution: ExecutionConfig | None = None,
     ) -> Policy:
         """Rebuild the VLA with its embodiments, normaliser and camera order.
 
@@ -143,6 +151,7 @@ class Policy(BasePolicy):
             device=device,
             seed=seed,
             compile_decoder=compile_decoder,
+            execution=execution,
         )
 
     # ------------------------------------------------------------------ state
@@ -167,13 +176,39 @@ class Policy(BasePolicy):
             k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in to_torch(batch).items()
         }
 
-    def predict_chunk(self, observation: dict[str, Any], history: History) -> np.ndarray:
+    def predict_chunk(
+        self, observation: dict[str, Any], history: History, guide: ChunkGuide | None = None
+    ) -> np.ndarray:
         batch = self.build_batch(observation, history)
-        chunk = self.model.sample_actions(batch, steps=self.sample_steps, generator=self._generator)
         emb = observation["embodiment"]
         dim = self.registry[emb].action_dim
+        kwargs: dict[str, Any] = {}
+        if guide is not None:
+            kwargs["guide"] = self._rtc_guide(emb, guide)
+        chunk = self.model.sample_actions(batch, steps=self.sample_steps, generator=self._generator, **kwargs)
         normalised = chunk[0, :, :dim].float().cpu().numpy()
         return self.normalizer.unnormalize(emb, "action", normalised)
+
+    def _rtc_guide(self, embodiment: str, guide: ChunkGuide) -> RTCGuide:
+        """The decoder's guide (normalised, padded to the registry's widest action) for a raw-unit one."""
+        previous = self.normalizer.normalize(embodiment, "action", guide.previous)[: self.chunk_len]
+        target = torch.zeros(1, self.chunk_len, self.registry.max_action_dim)
+        target[0, : len(previous), : previous.shape[1]] = torch.from_numpy(previous)
+        return RTCGuide(
+            target=target.to(self.device),
+            frozen=torch.tensor([min(guide.frozen, len(previous))], device=self.device),
+            overlap=torch.tensor([len(previous)], device=self.device),
+            max_guidance=self.execution.rtc_max_guidance,
+            mask=self.execution.rtc_mask,  # type: ignore[arg-type]
+            vjp=self.execution.rtc_vjp,
+        )
+
+    def _action_affine(self, embodiment: str) -> dict[str, list[float]]:
+        center, scale = self.normalizer.affine(embodiment, "action")
+        return {"center": center.tolist(), "scale": scale.tolist()}
+
+    def normalize_action(self, embodiment: str, actions: np.ndarray) -> np.ndarray:
+        return self.normalizer.normalize(embodiment, "action", actions)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -181,6 +216,8 @@ class Policy(BasePolicy):
             "chunk_len": self.chunk_len,
             "sample_steps": self.sample_steps,
             "normalization_fingerprint": self.normalizer.fingerprint,
+            # lets a client report smoothness in the policy's normalised units, as an in-process policy does
+            "action_normalization": {name: self._action_affine(name) for name in self.registry.names},
             "device": str(self.device),
         }
 

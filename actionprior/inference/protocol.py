@@ -7,15 +7,27 @@ bounded by :class:`Limits` (entries per map and list, string and binary lengths,
 containers and array elements): msgpack refuses an oversized map or list from its header, before building
 it, so a request of 300,000 keys costs microseconds, not seconds.
 
+Every message carries ``"version": PROTOCOL_VERSION``; a server refuses a request of another version (or of
+none: a client from before versioning) with a one-line error, and a client refuses such a reply.
+
 Messages (client → server)::
 
     {"type": "act", "observation": {"embodiment", "state", "images": {cam: uint8 [h,w,3]}, "instruction"}}
-    {"type": "reset"}                        forget history and queued actions of this connection
-    {"type": "info"}                         what the policy expects (embodiments, cameras, image size)
+                                             one action; the server executes chunks for this connection
+    {"type": "chunk", "observation": {...}, "step": int, "delay_steps": int,
+     "executed": {"states": float [k, Ds], "actions": float [k, Da]}}     (executed: optional)
+                                             a whole chunk for the observation of ``step`` (asynchronous
+                                             clients, which execute chunks themselves): ``executed`` are the
+                                             steps run since the previous request (for the history),
+                                             ``delay_steps`` how many of the chunk's first actions will have
+                                             run before it arrives (frozen by ``rtc``)
+    {"type": "reset"}                        forget history, chunks and the step count of this connection
+    {"type": "info"}                         what the policy expects (embodiments, cameras, image size, execution)
 
 Replies (server → client)::
 
-    {"ok": True, "action": float32 [Da], "inference_ms": float, "replanned": bool}
+    {"ok": True, "action": float32 [Da], "inference_ms": float, "replanned": bool, "switched": bool}
+    {"ok": True, "chunk": float32 [H, Da], "start_step": int, "inference_ms": float, "model_ms": float}
     {"ok": True, "info": {...}}  /  {"ok": True}
     {"ok": False, "error": "human-readable reason"}
 """
@@ -29,6 +41,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+# Version 2 added "chunk" requests (asynchronous inference) and the version field itself.
+PROTOCOL_VERSION = 2
 # Generous for a few 224x224 cameras (150 KB each) plus state; the server answers bigger requests
 # with an error instead of parsing them.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -186,3 +200,19 @@ def decode(
 
 def error_reply(message: str) -> dict[str, Any]:
     return {"ok": False, "error": bounded_text(message)}
+
+
+def check_request_version(request: dict[str, Any]) -> None:
+    """Refuse a request of another protocol version, in one line that says which side to update."""
+    version = request.get("version")
+    if version == PROTOCOL_VERSION and not isinstance(version, bool):
+        return
+    if version is None:
+        raise ProtocolError(
+            f"this policy server speaks protocol version {PROTOCOL_VERSION} and the request carries no version "
+            "(a client from an older actionprior); update actionprior on the client"
+        )
+    raise ProtocolError(
+        f"protocol version {bounded_text(repr(version), 40)} is not supported: this policy server speaks version "
+        f"{PROTOCOL_VERSION}; use the same actionprior version on client and server"
+    )

@@ -1,7 +1,9 @@
 """Policy server: one policy behind a websocket, msgpack messages (see :mod:`protocol`), no pickle.
 
 Each connection is one control stream (one robot, one episode at a time): it gets its own history and
-action queue (:meth:`BasePolicy.fork`) while all connections share the weights. Requests are validated
+chunks (:meth:`BasePolicy.fork`) while all connections share the weights. A client either asks for one action
+per step (``act``: the server executes chunks as ``--execution`` says) or, asynchronously, for whole chunks
+(``chunk``: the client executes them while the next is computed; the server keeps what ``rtc`` continues). Requests are validated
 against the embodiment spec stored in the checkpoint; a malformed request is answered with an error
 message and the server keeps serving. Binds to 127.0.0.1 unless told otherwise: the server executes
 no code from clients, but it is an unauthenticated endpoint that drives a robot.
@@ -24,16 +26,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.sync.server import Server, ServerConnection, serve
 
 from actionprior.inference.base import BasePolicy
+from actionprior.inference.execution import add_execution_arguments, execution_from_args
 from actionprior.inference.observation import ObservationError
 from actionprior.inference.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
     ProtocolError,
     bounded_text,
+    check_request_version,
     decode,
     encode,
     error_reply,
@@ -155,7 +161,7 @@ class PolicyServer:
             self.connections.info(f"client connected: {peer}")
             try:
                 for message in ws:
-                    ws.send(encode(self.handle_message(policy, message)))
+                    ws.send(encode({**self.handle_message(policy, message), "version": PROTOCOL_VERSION}))
             except ConnectionClosed:
                 pass
             self.connections.info(f"client disconnected: {peer}")
@@ -170,9 +176,10 @@ class PolicyServer:
             if not isinstance(request, dict) or not isinstance(request.get("type"), str):
                 raise ProtocolError("request must be a map with a string 'type' ('act', 'reset' or 'info')")
             kind = request["type"]
+            check_request_version(request)
+            if kind in ("act", "chunk") and "observation" not in request:
+                raise ProtocolError(f"'{kind}' request needs an 'observation' field")
             if kind == "act":
-                if "observation" not in request:
-                    raise ProtocolError("'act' request needs an 'observation' field")
                 with self._model_lock:
                     action = policy.act(request["observation"])
                 return {
@@ -181,13 +188,27 @@ class PolicyServer:
                     "inference_ms": (time.perf_counter() - start) * 1e3,
                     "model_ms": policy.last_inference_ms if policy.last_replanned else 0.0,
                     "replanned": policy.last_replanned,
+                    "switched": policy.last_switched,
+                }
+            if kind == "chunk":
+                step = _count(request, "step")
+                delay = _count(request, "delay_steps", default=0)
+                executed = _executed(request.get("executed"))
+                with self._model_lock:
+                    chunk = policy.plan(request["observation"], step, delay, executed)
+                return {
+                    "ok": True,
+                    "chunk": chunk,
+                    "start_step": step,
+                    "inference_ms": (time.perf_counter() - start) * 1e3,
+                    "model_ms": policy.last_inference_ms,
                 }
             if kind == "reset":
                 policy.reset()
                 return {"ok": True}
             if kind == "info":
                 return {"ok": True, "info": policy.describe()}
-            raise ProtocolError(f"unknown request type '{kind}'; expected 'act', 'reset' or 'info'")
+            raise ProtocolError(f"unknown request type '{kind}'; expected 'act', 'chunk', 'reset' or 'info'")
         except (ProtocolError, ObservationError) as exc:
             message = str(exc)
             self.rejections.warning(f"rejected request: {message}")
@@ -195,6 +216,40 @@ class PolicyServer:
         except Exception as exc:  # a bug or a model failure must not take the server down
             log.exception("internal error while handling a request")
             return error_reply(f"internal server error: {type(exc).__name__}: {exc}")
+
+
+# Bounds of a chunk request's numbers: a step count far beyond any episode, a delay beyond any chunk.
+MAX_STEP = 2**31 - 1
+MAX_EXECUTED = 4096
+
+
+def _count(request: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = request.get(key, default)
+    if value is None:
+        raise ProtocolError(f"'chunk' request needs an integer '{key}'")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STEP:
+        raise ProtocolError(
+            f"'{key}' must be an integer in [0, {MAX_STEP}], got {bounded_text(repr(value), 40)}"
+        )
+    return value
+
+
+def _executed(field: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The optional ``executed`` map of a chunk request as (states [k, Ds], actions [k, Da]); the policy checks
+    the widths against the embodiment."""
+    if field is None:
+        return None
+    if not isinstance(field, dict) or set(field) != {"states", "actions"}:
+        raise ProtocolError("'executed' must be a map with exactly 'states' and 'actions' arrays")
+    states, actions = field["states"], field["actions"]
+    for name, arr in (("states", states), ("actions", actions)):
+        if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype.kind != "f":
+            raise ProtocolError(f"'executed.{name}' must be a 2-D float array")
+        if len(arr) > MAX_EXECUTED:
+            raise ProtocolError(f"'executed.{name}' holds {len(arr)} steps; at most {MAX_EXECUTED}")
+    if len(states) != len(actions):
+        raise ProtocolError(f"'executed' has {len(states)} states but {len(actions)} actions")
+    return states, actions
 
 
 def _is_loopback(host: str) -> bool:
@@ -217,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--replan-every", type=int, default=None, help="actions executed per chunk (default: from ckpt)"
+        "--replan-every",
+        type=int,
+        default=None,
+        help="steps between chunks (default: the chunk length for replan, 1 for ensemble, half the chunk for rtc)",
     )
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps of the flow decoder")
     p.add_argument(
@@ -226,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile the decoder's Euler loop (torch.compile; CUDA graphs on a GPU); the first chunk pays it",
     )
     p.add_argument("--stats", default=None, help="stats.json whose fingerprint the checkpoint must match")
+    add_execution_arguments(p, delay=False)  # an asynchronous client tells its delay with each request
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument(
@@ -271,6 +330,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         image_size=args.image_size,
         history_len=args.history_len,
         compile_decoder=args.compile_decoder,
+        execution=execution_from_args(args),
     )
     server = PolicyServer(policy, args.host, args.port, args.max_message_bytes, args.max_connections)
     console.print(f"serving [bold]{args.ckpt}[/] on [bold]{server.url}[/] (Ctrl-C to stop)")

@@ -25,6 +25,7 @@ from actionprior.models.flow_matching import (
     sample_flow_time,
     target_velocity,
 )
+from actionprior.models.rtc import RTCGuide, guidance_weight, rtc_weights
 
 
 def _architecture(default: Any) -> Any:
@@ -233,15 +234,7 @@ class ActionPrior(nn.Module):
         eagerly (False), or as :meth:`compile_sampler` left it (None, the default: eager until it is called).
         """
         steps = steps or self.config.sample_steps
-        b = z.shape[0]
-        shape = (b, self.config.chunk_len, self.config.max_action_dim)
-        dim_mask = self.decoder.io.action_dim_mask(embodiment_id).to(z.dtype)
-        noise = torch.randn(shape, generator=generator, device=z.device, dtype=z.dtype) * dim_mask[:, None, :]
-        # Once per chunk, eagerly: conditioning, the id check (data-dependent, would break a graph) and the
-        # time conditioning of every step. Only the Euler loop, the part repeated per step, is compiled.
-        context = self.decoder.condition(z, embodiment_id, self.config.chunk_len, step_mask)
-        times = euler_times(steps, z.device).to(z.dtype)
-        plan = self.decoder.step_conditioning(times[:, None].expand(steps, b), context)
+        noise, context, plan = self._prepare(z, embodiment_id, steps, generator, step_mask)
         if compile is None:
             compile = self._compiled_loop is not None
         if not compile:
@@ -253,6 +246,86 @@ class ActionPrior(nn.Module):
             torch.compiler.cudagraph_mark_step_begin()
         # The clone leaves the caller a tensor that the next replay of a CUDA graph does not overwrite.
         return self._compiled_loop(noise, context, plan, steps).clone()
+
+    def _prepare(
+        self,
+        z: Tensor,
+        embodiment_id: Tensor,
+        steps: int,
+        generator: torch.Generator | None,
+        step_mask: Tensor | None,
+    ) -> tuple[Tensor, DecoderContext, StepConditioning]:
+        """The starting noise (zero on padded dims) and everything the Euler loop needs that does not depend
+        on the noisy chunk; :meth:`sample` and :meth:`sample_rtc` draw the same noise from ``generator``."""
+        b = z.shape[0]
+        shape = (b, self.config.chunk_len, self.config.max_action_dim)
+        dim_mask = self.decoder.io.action_dim_mask(embodiment_id).to(z.dtype)
+        noise = torch.randn(shape, generator=generator, device=z.device, dtype=z.dtype) * dim_mask[:, None, :]
+        # Once per chunk, eagerly: conditioning, the id check (data-dependent, would break a graph) and the
+        # time conditioning of every step. Only the Euler loop, the part repeated per step, is compiled.
+        context = self.decoder.condition(z, embodiment_id, self.config.chunk_len, step_mask)
+        times = euler_times(steps, z.device).to(z.dtype)
+        plan = self.decoder.step_conditioning(times[:, None].expand(steps, b), context)
+        return noise, context, plan
+
+    def sample_rtc(
+        self,
+        z: Tensor,
+        embodiment_id: Tensor,
+        guide: RTCGuide,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        step_mask: Tensor | None = None,
+    ) -> Tensor:
+        """A chunk like :meth:`sample`, inpainted to continue the previous one (real-time chunking, see
+        :mod:`actionprior.models.rtc`): the frozen prefix is exactly ``guide.target``'s, the rest of the overlap
+        is guided towards it, with the same noise draw and number of Euler steps as :meth:`sample`.
+
+        The guidance needs a vector-Jacobian product through the decoder, so this runs with autograd on (also
+        when called under ``torch.inference_mode``, as :meth:`VLA.sample_actions` is): one forward and one
+        backward pass per step (unless ``guide.vjp`` is False), gradients with respect to the noisy chunk only,
+        parameters untouched. With ``max_guidance == 0`` no backward pass runs; with in addition no frozen step the result is
+        :meth:`sample`'s exactly. Always eager (a compiled sampler is not used here).
+        """
+        steps = steps or self.config.sample_steps
+        c = self.config
+        guide.check(z.shape[0], c.chunk_len, c.max_action_dim)
+        # Tensors made under inference mode cannot enter an autograd graph; copies made outside it can.
+        with torch.inference_mode(False), torch.no_grad():
+            z, embodiment_id = z.clone(), embodiment_id.clone()
+            target = guide.target.to(device=z.device, dtype=z.dtype).clone()
+            frozen, overlap = guide.frozen.to(z.device).clone(), guide.overlap.to(z.device).clone()
+            noise, context, plan = self._prepare(z, embodiment_id, steps, generator, step_mask)
+            dim_mask = self.decoder.io.action_dim_mask(embodiment_id).to(z.dtype)[:, None, :]
+            weights = rtc_weights(c.chunk_len, frozen, overlap, guide.mask).to(z.dtype)[:, :, None] * dim_mask
+            held = (torch.arange(c.chunk_len, device=z.device)[None, :] < frozen[:, None])[:, :, None]
+            target = target * dim_mask
+            any_held = bool(held.any())
+            times = euler_times(steps, z.device).to(z.dtype)
+            dt = 1.0 / steps
+            x = noise
+            for i in range(steps):
+                t = float(times[i])
+                if any_held:  # the frozen steps on the straight path from their noise to the executed actions
+                    x = torch.where(held, (1.0 - t) * noise + t * target, x)
+                scale = guidance_weight(t, guide.max_guidance)
+                if scale == 0.0:
+                    v = self.decoder.velocity_at(x, context, plan[i])
+                elif not guide.vjp:  # the identity in place of the Jacobian: no backward pass
+                    v = self.decoder.velocity_at(x, context, plan[i])
+                    v = v + scale * (target - (x + (1.0 - t) * v)) * weights
+                else:
+                    with torch.enable_grad():
+                        x_in = x.detach().requires_grad_(True)
+                        v = self.decoder.velocity_at(x_in, context, plan[i])
+                        denoised = x_in + (1.0 - t) * v
+                        error = ((target - denoised) * weights).detach()
+                        (pull,) = torch.autograd.grad(denoised, x_in, grad_outputs=error)
+                    v = v.detach() + scale * pull * dim_mask
+                x = torch.add(x, v, alpha=dt)
+            if any_held:
+                x = torch.where(held, target, x)
+            return x
 
     def _euler_loop(
         self, noise: Tensor, context: DecoderContext, plan: StepConditioning, steps: int

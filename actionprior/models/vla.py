@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from actionprior.models.action_prior import ActionPrior
 from actionprior.models.backbones import VLMBackbone
+from actionprior.models.rtc import RTCGuide
 
 HistoryMode = Literal["exact", "stochastic"]
 HISTORY_MODES = ("exact", "stochastic")
@@ -276,12 +277,18 @@ class VLA(nn.Module):
         steps: int | None = None,
         use_history: bool = True,
         generator: torch.Generator | None = None,
+        guide: RTCGuide | None = None,
     ) -> Tensor:
-        """An action chunk ``[B, chunk_len, max_action_dim]`` in normalised units (VLM once, decoder ``steps``x)."""
+        """An action chunk ``[B, chunk_len, max_action_dim]`` in normalised units (VLM once, decoder ``steps``x);
+        with ``guide``, inpainted to continue the previous chunk (:meth:`ActionPrior.sample_rtc`)."""
         z_hist = history_on = None
         if self.use_history:
             z_hist, history_on = self.history_latent(batch)
             if not use_history:
                 history_on = torch.zeros_like(history_on)
         z_pred = self.predict_latent(batch, z_hist, history_on)
+        if guide is not None:
+            return self.prior.sample_rtc(
+                z_pred, batch["embodiment_id"], guide, steps=steps, generator=generator
+            )
         return self.prior.sample(z_pred, batch["embodiment_id"], steps=steps, generator=generator)
