@@ -18,9 +18,10 @@ import pytest
 
 from actionprior.cli import main as actionprior_main
 from actionprior.data.exporters import lerobot as ex
+from actionprior.data.exporters import video
 from actionprior.data.importers import lerobot as lr
 from actionprior.data.importers.common import run_import
-from actionprior.data.schema import Episode
+from actionprior.data.schema import DataError, Episode
 from actionprior.data.shards import iter_episodes
 from actionprior.data.splits import in_split
 from actionprior.data.synthetic import write_synthetic_dataset
@@ -363,3 +364,22 @@ def test_cli_writes_a_dataset(dataset, tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0
     assert "exported 4 episodes" in capsys.readouterr().out
     assert (out / "meta" / "info.json").is_file() and not out.with_name("cli.partial").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_stuck_encode_is_killed_and_run_again(tmp_path: Path) -> None:
+    """SVT-AV1 can deadlock flushing a stream; an encode past its time limit is killed and retried, and
+    after the last try the export stops with one line instead of hanging."""
+    frames = np.stack([np.full((64, 64, 3), 10 * t, dtype=np.uint8) for t in range(6)])
+    # A limit no encode can meet (the worker takes longer than that just to start): every try is killed.
+    impatient = video.EpisodeEncoder(timeout_s=0.001, per_frame_s=0.0, tries=2)
+    with pytest.raises(DataError, match=r"the AV1 encoder hung 2 times .*--frames images"):
+        impatient.encode(tmp_path / "a.mp4", frames, 20.0)
+    assert impatient.restarts == 2 and not (tmp_path / "a.mp4").exists()
+    impatient.close()
+    encoder = video.EpisodeEncoder()
+    try:
+        assert encoder.encode(tmp_path / "b.mp4", frames, 20.0) == (tmp_path / "b.mp4").stat().st_size > 0
+    finally:
+        encoder.close()
+    assert encoder.restarts == 0

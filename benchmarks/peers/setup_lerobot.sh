@@ -30,6 +30,8 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
 # One resolve for torch and lerobot together, so that nothing upgrades torch past the pinned release.
 "${pip[@]}" "lerobot==0.4.4" "torch==2.9.1" "torchvision==0.24.1" "torchcodec==0.9.*"
 "${pip[@]}" --no-deps -e "$repo"
+# pip then lists actionprior's unmet requirements (torch==2.13.0, lightning, numpy<2, ...) as "dependency
+# conflicts": expected, they are the ones this environment leaves out on purpose.
 "${pip[@]}" numpy msgpack websockets pyyaml
 
 # Proof that both sides import: LeRobot's ACT and DP with their processors, and our protocol and server.

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-
-from actionprior.data.exporters.lerobot import FRAME_MODES, export
+# Nothing heavy at import: the video encoder's worker process imports this package (see video.py), and the
+# exporter itself pulls in the shard readers (webdataset, torch).
+FRAME_MODES = ("video", "images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Sequence[str]) -> int:
+    from rich.console import Console
+
+    from actionprior.data.exporters.lerobot import export
+
     args = build_parser().parse_args(list(argv))
     console = Console() if sys.stdout.isatty() else Console(width=120)
     start = time.perf_counter()
@@ -76,7 +80,8 @@ def cli_main(argv: Sequence[str]) -> int:
     for r in reports:
         console.print(
             f"[green]exported[/green] {r.episodes} episodes, {r.frames} steps of '{r.embodiment}' "
-            f"({len(r.cameras)} cameras as {r.frame_mode}, {r.tasks} tasks) to {r.out_dir}",
+            f"({len(r.cameras)} cameras as {r.frame_mode}, {r.tasks} tasks) to {r.out_dir}"
+            + (f"; {r.encoder_restarts} hung video encodes were run again" if r.encoder_restarts else ""),
             soft_wrap=True,
             highlight=False,
         )

@@ -25,12 +25,11 @@ Data and video files roll over to the next file as LeRobot's do (``data_files_si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actionprior.data.exporters import FRAME_MODES
 from actionprior.data.exporters import lerobot_stats as lstats
+from actionprior.data.exporters.video import VIDEO_PIX_FMT, CameraFile, EpisodeEncoder
 from actionprior.data.schema import DataError, Episode, encode_png
 from actionprior.data.shards import iter_episodes
 from actionprior.data.splits import Split
@@ -46,7 +47,6 @@ from actionprior.data.writer import dataset_views, load_manifest
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
 FrameMode = Literal["video", "images"]
-FRAME_MODES: tuple[str, ...] = ("video", "images")
 
 CODEBASE_VERSION = "v3.0"
 # LeRobot 0.4.4's defaults (lerobot/datasets/utils.py).
@@ -57,10 +57,6 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 TASKS_PATH = "meta/tasks.parquet"
-# encode_video_frames' defaults (lerobot/datasets/video_utils.py).
-VIDEO_CODEC = "libsvtav1"
-VIDEO_PIX_FMT = "yuv420p"
-VIDEO_OPTIONS = {"g": "2", "crf": "30"}
 CAMERA_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -98,6 +94,7 @@ class ExportReport:
     cameras: tuple[str, ...]
     frame_mode: str
     tasks: int
+    encoder_restarts: int = 0  # episode encodes that hung and were run again (see video.py)
 
 
 def dataset_embodiments(manifest: dict[str, Any]) -> list[str]:
@@ -229,53 +226,6 @@ class _RollingFiles:
         self.frames_in_file = 0
 
 
-class _VideoFile:
-    """One camera's open mp4; frames get consecutive presentation times at ``fps``."""
-
-    def __init__(self, path: Path, fps: float, height: int, width: int):
-        import av
-
-        # SVT-AV1 prints a banner of info lines per stream on stderr unless told otherwise; errors still show.
-        os.environ.setdefault("SVT_LOG", "1")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # faststart (the index first) as LeRobot's concatenate_video_files writes its files
-        self.container = av.open(str(path), "w", options={"movflags": "faststart"})
-        rate = Fraction(fps).limit_denominator(1001)
-        self.time_base = 1 / rate
-        self.stream = self.container.add_stream(VIDEO_CODEC, rate=rate, options=dict(VIDEO_OPTIONS))
-        self.stream.pix_fmt = VIDEO_PIX_FMT
-        self.stream.width, self.stream.height = width, height
-        self.frames = 0
-        self.bytes = 0
-
-    def write(self, frames: np.ndarray) -> None:
-        import av
-
-        for img in frames:
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            # Explicit presentation times: left unset, SVT-AV1's frame-parallel encoder now and then hands
-            # the muxer packets whose decode times do not increase (EINVAL).
-            frame.pts, frame.time_base = self.frames, self.time_base
-            self._mux(self.stream.encode(frame))
-            self.frames += 1
-
-    def _mux(self, packets: list) -> None:
-        for packet in packets:
-            self.bytes += packet.size
-            self.container.mux(packet)
-
-    @property
-    def size_mb(self) -> float:
-        """Encoded so far (the file on disk lags behind the muxer's buffer, and the encoder keeps a few
-        dozen frames in flight: negligible against the 200 MB a file holds)."""
-        return self.bytes / 2**20
-
-    def close(self) -> None:
-        self._mux(self.stream.encode())
-        self.container.close()
-
-
 @dataclass
 class _Writer:
     """Writes episodes one after the other into a LeRobot v3.0 folder ``root``."""
@@ -298,7 +248,8 @@ class _Writer:
         self._data = _RollingFiles(DATA_FILES_SIZE_IN_MB)
         self._data_writer: pq.ParquetWriter | None = None
         self._videos = {cam: _RollingFiles(VIDEO_FILES_SIZE_IN_MB) for cam in self.cameras}
-        self._video_files: dict[str, _VideoFile] = {}
+        self._video_files: dict[str, CameraFile] = {}
+        self.encoder = EpisodeEncoder() if self.mode == "video" and self.cameras else None
 
     def _data_path(self) -> Path:
         return self.root / DATA_PATH.format(chunk_index=self._data.chunk, file_index=self._data.file)
@@ -315,7 +266,7 @@ class _Writer:
             self._data.open = True
         return self._data_writer
 
-    def _video_file(self, cam: str, length: int) -> _VideoFile:
+    def _video_file(self, cam: str, length: int) -> CameraFile:
         rolling, current = self._videos[cam], self._video_files.get(cam)
         if current is not None and rolling.needs_new(current.size_mb, length):
             current.close()
@@ -325,7 +276,9 @@ class _Writer:
             path = self.root / VIDEO_PATH.format(
                 video_key=camera_key(cam), chunk_index=rolling.chunk, file_index=rolling.file
             )
-            current = self._video_files[cam] = _VideoFile(path, self.fps, *self.cameras[cam])
+            assert self.encoder is not None
+            current = CameraFile(path, self.fps, self.encoder, self.root / ".scratch")
+            self._video_files[cam] = current
             rolling.open = True
         return current
 
@@ -387,10 +340,18 @@ class _Writer:
         self.frames += length
 
     def close(self) -> None:
+        """Finish the open data and video files (once; again is a no-op)."""
         if self._data_writer is not None:
             self._data_writer.close()
-        for video in self._video_files.values():
-            video.close()
+            self._data_writer = None
+        videos, self._video_files = self._video_files, {}
+        try:
+            for video in videos.values():
+                video.close()
+        finally:
+            if self.encoder is not None:
+                self.encoder.close()
+            shutil.rmtree(self.root / ".scratch", ignore_errors=True)
 
     def _stat_order(self) -> list[str]:
         return [k for k in self.features if k in self.episode_stats[0]]
@@ -524,7 +485,6 @@ def export_embodiment(
     split: Split = "all",
     val_fraction: float = 0.0,
     manifest: dict[str, Any] | None = None,
-    on_episode: Callable[[int], None] | None = None,
 ) -> ExportReport:
     """Write the episodes of ``embodiment`` (of ``split``) as a LeRobot v3.0 dataset at ``out``.
 
@@ -541,7 +501,10 @@ def export_embodiment(
     partial.mkdir(parents=True)
     writer: _Writer | None = None
     try:
-        episodes = _episodes(dataset, manifest, embodiment, split, val_fraction, with_frames)
+        registry = EmbodimentRegistry.from_dicts(manifest["embodiments"].values())
+        episodes = iter_episodes(
+            dataset, registry, split, val_fraction, with_frames=with_frames, embodiment=embodiment
+        )
         for episode in episodes:
             sizes = _frame_sizes(episode, cameras, str(dataset))
             if writer is None:
@@ -552,35 +515,21 @@ def export_embodiment(
                     "a LeRobot feature has one shape"
                 )
             writer.add(episode)
-            if on_episode is not None:
-                on_episode(len(writer.episodes))
         if writer is None:
             raise ExportError(f"{dataset}: no episode of '{embodiment}' in the '{split}' split")
         writer.finish()
     except BaseException:
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                writer.close()
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if out.exists():
         out.rmdir()  # empty (checked above)
     os.replace(partial, out)
+    restarts = writer.encoder.restarts if writer.encoder is not None else 0
     return ExportReport(
-        out, embodiment, len(writer.episodes), writer.frames, cameras, frames, len(writer.tasks)
-    )
-
-
-def _episodes(
-    dataset: Path,
-    manifest: dict[str, Any],
-    embodiment: str,
-    split: Split,
-    val_fraction: float,
-    with_frames: bool,
-) -> Iterator[Episode]:
-    registry = EmbodimentRegistry.from_dicts(manifest["embodiments"].values())
-    yield from iter_episodes(
-        dataset, registry, split, val_fraction, with_frames=with_frames, embodiment=embodiment
+        out, embodiment, len(writer.episodes), writer.frames, cameras, frames, len(writer.tasks), restarts
     )
 
 
@@ -593,7 +542,6 @@ def export(
     frames: FrameMode = "video",
     split: Split = "all",
     val_fraction: float = 0.0,
-    on_episode: Callable[[int], None] | None = None,
 ) -> list[ExportReport]:
     """Export one embodiment to ``out``, or (``split_by_embodiment``) each to ``out/<embodiment>``."""
     dataset, out = Path(dataset), Path(out)
@@ -617,7 +565,6 @@ def export(
             split=split,
             val_fraction=val_fraction,
             manifest=manifest,
-            on_episode=on_episode,
         )
         for name, target in targets
     ]
