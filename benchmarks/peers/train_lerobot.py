@@ -10,8 +10,8 @@ force is changed, and every changed field (compared with a default-constructed c
 recorded with its reason:
 
 * the dataset is a local folder (``dataset.root``; ``repo_id`` is only a name; nothing is downloaded:
-  ``HF_HUB_OFFLINE=1``), and with video cameras ``dataset.video_backend=pyav`` (LeRobot's default,
-  torchcodec, needs system FFmpeg libraries this machine lacks);
+  ``HF_HUB_OFFLINE=1``), and with video cameras, where torchcodec (LeRobot's default decoder) cannot load
+  for want of system FFmpeg libraries, as here, ``dataset.video_backend=pyav``;
 * ``policy.push_to_hub=false`` (no hub);
 * ACT: ``policy.pretrained_backbone_weights=None`` -- its default ImageNet ResNet-18 weights are a torchvision
   download, impossible here, so the backbone starts from scratch (Diffusion Policy's default is already None);
@@ -97,6 +97,15 @@ def _has_videos(dataset: Path) -> bool:
     return any(ft.get("dtype") == "video" for ft in info["features"].values())
 
 
+def _torchcodec_works() -> bool:
+    """LeRobot's default video decoder loads (it needs FFmpeg's shared libraries on the system)."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # RuntimeError "Could not load libtorchcodec", ImportError, OSError
+        return False
+    return True
+
+
 def _plain(value: Any) -> Any:
     """A config value as JSON can hold it (enums by value, tuples as lists, paths as text)."""
     if hasattr(value, "value") and type(value).__module__.startswith("lerobot"):
@@ -176,7 +185,7 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
         "repo_id": f"local/{args.dataset.resolve().name}",
         "root": str(args.dataset),
     }
-    if _has_videos(args.dataset):
+    if _has_videos(args.dataset) and not _torchcodec_works():
         dataset_kwargs["video_backend"] = "pyav"
     dataset = DatasetConfig(**dataset_kwargs)
 
