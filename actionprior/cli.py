@@ -29,6 +29,11 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
         "cli_main",
         "import a LeRobot dataset (lerobot) or a robomimic HDF5 file (hdf5)",
     ),
+    ("data", "export"): (
+        "actionprior.data.exporters",
+        "cli_main",
+        "write one embodiment of a dataset as a LeRobot v3.0 dataset (lerobot)",
+    ),
     ("data", "check"): (
         "actionprior.data.check",
         "cli_main",

@@ -132,14 +132,26 @@ def iter_episodes(
     split: Split = "all",
     val_fraction: float = 0.0,
     with_frames: bool = False,
+    embodiment: str | None = None,
 ) -> Iterator[Episode]:
-    """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation)."""
-    source = shard_source(directory, "observation" if with_frames else "trajectory", split, val_fraction)
+    """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation).
+
+    ``embodiment``: only that embodiment's episodes; shards whose manifest entries list none are not read,
+    and the frames of other embodiments' episodes are not decoded.
+    """
+    manifest = load_manifest(directory)
+    if embodiment is not None:
+        shards = [s for s in manifest["shards"] if any(e["embodiment"] == embodiment for e in s["episodes"])]
+        manifest = {**manifest, "shards": shards}
+    view: View = "observation" if with_frames else "trajectory"
+    source = shard_source(directory, view, split, val_fraction, manifest=manifest)
     for url in source.urls:
         for sample in iter_shard(url):
             if not in_split(sample["__key__"], split, val_fraction):
                 continue
             state, action, meta = decode_sample(sample, registry)
+            if embodiment is not None and meta["embodiment"] != embodiment:
+                continue
             frames = {}
             if with_frames:
                 where = f"{url}:{sample['__key__']}"
