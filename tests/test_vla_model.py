@@ -125,3 +125,39 @@ def test_checkpoint_rebuilds_vla_offline(tmp_path):
         vla.predict_latent(batch, *vla.history_latent(batch)),
         module.model.predict_latent(batch, *module.model.history_latent(batch)),
     )
+
+
+def test_state_token_makes_z_prime_depend_on_the_current_state_only_when_on():
+    batch = make_batch(4)
+    moved = {**batch, "current_state": batch["current_state"] + 1.0}
+    with_state = tiny_vla(use_state=True).eval()
+    with torch.no_grad():
+        assert not torch.allclose(with_state.predict_latent(batch), with_state.predict_latent(moved))
+    without = tiny_vla(use_state=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(without.predict_latent(batch), without.predict_latent(moved))
+    assert without.state_token is None
+    missing = {k: v for k, v in batch.items() if k != "current_state"}
+    with pytest.raises(KeyError, match="current_state"):
+        with_state.predict_latent(missing)
+
+
+def test_state_token_ignores_padded_state_dims():
+    vla = tiny_vla(use_state=True).eval()
+    batch = make_batch(4)
+    noisy = batch["current_state"].clone()
+    noisy[~batch["state_dim_mask"]] = 123.0  # only the dims a robot lacks
+    with torch.no_grad():
+        torch.testing.assert_close(
+            vla.predict_latent(batch), vla.predict_latent({**batch, "current_state": noisy})
+        )
+
+
+def test_configs_written_before_the_state_token_read_as_without_it():
+    from actionprior.models.vla import VLAConfig
+
+    assert VLAConfig().use_state is True
+    old = VLAConfig().to_dict()
+    del old["use_state"]
+    assert VLAConfig.from_dict(old).use_state is False
+    assert VLAConfig.from_dict({**old, "use_state": True}).use_state is True

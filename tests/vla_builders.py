@@ -45,7 +45,13 @@ def prior_config(reg: EmbodimentRegistry, **overrides: Any) -> ActionPriorConfig
     return ActionPriorConfig(**{**TINY_PRIOR, **overrides}).bind(reg, CHUNK)
 
 
-def tiny_vla(kind: str = "qwen3_vl", use_history: bool = False, num_queries: int = 2, seed: int = 0) -> VLA:
+def tiny_vla(
+    kind: str = "qwen3_vl",
+    use_history: bool = False,
+    num_queries: int = 2,
+    seed: int = 0,
+    use_state: bool = True,
+) -> VLA:
     reg = registry()
     torch.manual_seed(seed)
     backbone = VLMBackbone.from_pretrained(f"tiny:{kind}", tiny_seed=seed)
@@ -55,6 +61,7 @@ def tiny_vla(kind: str = "qwen3_vl", use_history: bool = False, num_queries: int
         num_queries=num_queries,
         use_history=use_history,
         head_hidden=32,
+        use_state=use_state,
     )
 
 
@@ -85,6 +92,7 @@ def make_sample(index: int, reg: EmbodimentRegistry, seed: int = 0) -> dict[str,
     return {
         "embodiment_id": torch.tensor(e),
         "state": state,
+        "current_state": state[0],
         "action": action,
         "step_mask": step_mask,
         "state_dim_mask": torch.arange(s_max) < spec.state_dim,

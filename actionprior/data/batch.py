@@ -67,6 +67,9 @@ class BatchBuilder:
         """Windows of ``episodes`` at times ``starts``: the window keys, embodiment ids and dim masks."""
         windows = gather_windows(episodes, starts)
         batch: dict[str, Any] = {key: windows[key] for key in WINDOW_KEYS}
+        # The state the policy observes when it acts: the window's first step (a model input; the chunk's
+        # states are the Stage 1 encoder's, and unknown at inference).
+        batch["current_state"] = np.ascontiguousarray(windows["state"][:, 0])
         ids = np.asarray(embodiment_ids, dtype=np.int64)
         batch["embodiment_id"] = ids
         batch["state_dim_mask"] = self.state_dim_masks[ids]

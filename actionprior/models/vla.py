@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from actionprior.models.action_prior import ActionPrior
 from actionprior.models.backbones import VLMBackbone
 from actionprior.models.rtc import RTCGuide
+from actionprior.models.state_token import StateToken
 
 HistoryMode = Literal["exact", "stochastic"]
 HISTORY_MODES = ("exact", "stochastic")
@@ -53,6 +54,8 @@ class VLAConfig:
         backbone_dtype: e.g. ``bfloat16`` to load a large backbone in half precision (None = as stored).
         num_queries: Q learned query tokens appended after image, instruction (and history) tokens.
         head_hidden: hidden width of the MLP from the query hidden states to ``z'``.
+        use_state: feed the current proprioceptive state as one token (:mod:`actionprior.models.state_token`).
+            Not in the paper's VLA; checkpoints written before this setting existed are read as False.
         use_history: feed ``z_hist`` (encoder on the history window) as one token.
         history_mode: ``exact`` = the paper's ``(L(z_hist) + L(none)) / 2`` with both passes;
             ``stochastic`` = one pass, history token dropped per sample with p = 0.5 (cheaper, noisier).
@@ -67,6 +70,7 @@ class VLAConfig:
     backbone_dtype: str | None = None
     num_queries: int = 4
     head_hidden: int = 256
+    use_state: bool = True
     use_history: bool = False
     history_mode: HistoryMode = "exact"
     action_prior: PriorInit = "stage1"
@@ -92,7 +96,8 @@ class VLAConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown VLAConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        # Checkpoints and exports written before the state token existed were trained without it.
+        return cls(**{"use_state": False, **data})
 
 
 @dataclass
@@ -115,6 +120,7 @@ class VLA(nn.Module):
         num_queries: int = 1,
         use_history: bool = False,
         head_hidden: int = 512,
+        use_state: bool = False,
     ):
         super().__init__()
         if num_queries < 1:
@@ -123,6 +129,7 @@ class VLA(nn.Module):
         self.prior = prior
         self.num_queries = num_queries
         self.use_history = use_history
+        self.use_state = use_state
         width, latent = backbone.hidden_size, prior.config.latent_dim
         # Query tokens start at the scale of typical token embeddings so they do not dominate attention.
         self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
@@ -140,10 +147,14 @@ class VLA(nn.Module):
             if use_history
             else None
         )
+        c = prior.config
+        self.state_token = StateToken(c.state_dims, c.max_state_dim, width) if use_state else None
 
     @classmethod
     def from_config(cls, backbone: VLMBackbone, prior: ActionPrior, config: VLAConfig) -> VLA:
-        return cls(backbone, prior, config.num_queries, config.use_history, config.head_hidden)
+        return cls(
+            backbone, prior, config.num_queries, config.use_history, config.head_hidden, config.use_state
+        )
 
     @torch.no_grad()
     def start_latent_head_at(self, latent: Tensor) -> None:
@@ -194,16 +205,23 @@ class VLA(nn.Module):
         """``z' [B, latent]``; ``history_on [B]`` bool says which samples see their history token."""
         b = batch["images"].shape[0]
         queries = self.queries.unsqueeze(0).expand(b, -1, -1)
-        extra_mask = None
+        tokens, present = [], []  # extra tokens in sequence order: [state] [history] queries
+        if self.state_token is not None:
+            if "current_state" not in batch:
+                raise KeyError("use_state is on but the batch has no 'current_state' (docs/contracts.md)")
+            state = batch["current_state"].to(queries.dtype)
+            tokens.append(self.state_token(state, batch["embodiment_id"]).unsqueeze(1))
+            present.append(torch.ones(b, 1, dtype=torch.bool, device=queries.device))
         if self.use_history:
             if z_hist is None or history_on is None:
                 raise ValueError("use_history is on: predict_latent needs z_hist and history_on")
-            hist_tok = self.history_proj(z_hist).unsqueeze(1).to(queries.dtype)
-            extra = torch.cat([hist_tok, queries], dim=1)
+            tokens.append(self.history_proj(z_hist).unsqueeze(1).to(queries.dtype))
+            present.append(history_on.bool().unsqueeze(1))
+        extra = torch.cat([*tokens, queries], dim=1)
+        extra_mask = None
+        if self.use_history:  # only the history token can be absent
             ones = torch.ones(b, self.num_queries, dtype=torch.bool, device=queries.device)
-            extra_mask = torch.cat([history_on.bool().unsqueeze(1), ones], dim=1)
-        else:
-            extra = queries
+            extra_mask = torch.cat([*present, ones], dim=1)
         hidden = self.backbone(batch["images"], batch["camera_mask"], batch["instruction"], extra, extra_mask)
         hidden = hidden[:, -self.num_queries :].reshape(b, -1).float()
         return self.latent_norm(self.latent_head(hidden))
@@ -211,7 +229,9 @@ class VLA(nn.Module):
     def _stack(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The batch twice along dim 0: one VLM forward serves both history passes."""
         out: dict[str, Any] = {}
-        for key in ("images", "camera_mask", "instruction"):
+        for key in ("images", "camera_mask", "instruction", "current_state", "embodiment_id"):
+            if key not in batch:
+                continue
             v = batch[key]
             out[key] = list(v) + list(v) if isinstance(v, list | tuple) else torch.cat([v, v], dim=0)
         return out

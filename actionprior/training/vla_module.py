@@ -37,6 +37,7 @@ from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.action_scaling import ActionScaler
 from actionprior.models.backbones import VLMBackbone
 from actionprior.models.vla import VLA, VLAConfig
+from actionprior.training.augment import random_shift
 from actionprior.training.configs import as_prior_config, as_vla_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
@@ -94,6 +95,7 @@ class VLAModule(L.LightningModule):
         freeze_encoder: bool = False,
         freeze_decoder: bool = False,
         train_error_every_n_steps: int = 50,
+        image_shift: int = 0,
         val_seed: int = 0,
         camera_names: list[str] | None = None,
         embodiments: list[dict] | None = None,
@@ -184,6 +186,7 @@ class VLAModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def _check_batch(self, batch: Mapping[str, Any]) -> None:
         needed = BATCH_KEYS + (HISTORY_KEYS if self.vla_config.use_history else ())
+        needed += ("current_state",) if self.vla_config.use_state else ()
         missing = [k for k in needed if k not in batch]
         if missing:
             raise KeyError(
@@ -198,6 +201,8 @@ class VLAModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._check_batch(batch)
+        if self.hparams.image_shift:
+            batch = {**batch, "images": random_shift(batch["images"], self.hparams.image_shift)}
         aux_weight = float(self.aux_weight) if self.vla_config.action_prior == "stage1" else 0.0
         out = self.model.loss(batch, aux_weight, self.vla_config.history_mode)
         b = batch["action"].shape[0]
@@ -270,6 +275,8 @@ class VLAModule(L.LightningModule):
         heads = nn.ModuleDict({"latent_head": vla.latent_head})
         if vla.history_proj is not None:
             heads["history_proj"] = vla.history_proj
+        if vla.state_token is not None:
+            heads["state_token"] = vla.state_token
         groups = (
             param_groups(vla.backbone, h.weight_decay, lr=h.lr_backbone, name="backbone")
             + param_groups(vla.prior, h.weight_decay, lr=h.lr, name="action_prior")
