@@ -8,6 +8,7 @@ misleading messages say what is wrong. (The seeded set of corruptions is tests/t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import tarfile
@@ -16,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actionprior.data import check
+from actionprior.data import check, shards
 from actionprior.data.check import check_dataset
 from actionprior.data.datamodule import ActionPriorDataModule
 from actionprior.data.schema import DataError
-from actionprior.data.shards import _NOTIFIED, _WARNED, iter_episodes
+from actionprior.data.shards import iter_episodes
 from actionprior.data.writer import load_manifest, write_stats
 
 T0, O0 = "traj-00000.tar", "obs-00000.tar"
@@ -129,11 +130,11 @@ def test_a_pickle_member_is_reported_by_check_and_skipped_with_a_warning_by_the_
     key = members[0][0].name.split(".", 1)[0]
     with tarfile.open(data / T0, "w") as tar:
         for info, body in members:
-            tar.addfile(info, __import__("io").BytesIO(body))
+            tar.addfile(info, io.BytesIO(body))
             if info.name == f"{key}.state.npy":
                 extra = tarfile.TarInfo(f"{key}.extra.pyd")
                 extra.size = 6
-                tar.addfile(extra, __import__("io").BytesIO(b"\x80\x04K\x01.\n"))
+                tar.addfile(extra, io.BytesIO(b"\x80\x04K\x01.\n"))
     problems = _problems(data)
     assert (
         T0,
@@ -147,7 +148,7 @@ def test_a_pickle_member_is_reported_by_check_and_skipped_with_a_warning_by_the_
     # Without checksums (a dataset from before them) the stream still says what it skipped, once.
     _strip_checksums(data)
     assert [(f, k) for f, k, _ in _problems(data)] == [(T0, key)]
-    _WARNED.discard(str(data))
+    shards._MENTIONED.clear()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="actionprior"):
         _read_stream(data, "trajectory")
@@ -162,7 +163,7 @@ def test_a_dataset_without_checksums_is_read_with_a_notice_and_rehashed(
 ):
     data = make_synthetic_dataset().path
     _strip_checksums(data)
-    _NOTIFIED.discard(str(data))
+    shards._MENTIONED.clear()
     with caplog.at_level(logging.WARNING, logger="actionprior"):
         ActionPriorDataModule([str(data)], num_workers=0, val_fraction=0.1)
     notices = [r.getMessage() for r in caplog.records if "no checksum" in r.getMessage()]

@@ -70,9 +70,17 @@ class ShardSource:
     verify: bool = True
 
 
-# Datasets already mentioned, once per process: missing checksums, members skipped.
-_NOTIFIED: set[str] = set()
-_WARNED: set[str] = set()
+_MENTIONED: set[tuple[str, str]] = set()  # (what, dataset): notices given once per dataset and process
+
+
+def _first_time(what: str, directory: str | Path) -> bool:
+    """Whether ``what`` has not been said yet about this dataset in this process. A local dataset is known by
+    its real path: one path string (``.``) can name several folders in a process."""
+    key = (what, str(directory) if is_remote(directory) else str(Path(directory).resolve()))
+    if key in _MENTIONED:
+        return False
+    _MENTIONED.add(key)
+    return True
 
 
 def shard_source(
@@ -107,8 +115,7 @@ def shard_source(
             episodes += len(chosen)
             transitions += sum(int(e["length"]) for e in chosen)
     unsummed = sum(f.checksum is None for f in files)
-    if verify and unsummed and str(directory) not in _NOTIFIED:
-        _NOTIFIED.add(str(directory))
+    if verify and unsummed and _first_time("no checksums", directory):
         log.warning(
             "%s: %d of %d shard files have no checksum in manifest.json (written before checksums); they are "
             "read with their tar headers checked, not their bytes: `actionprior data check %s --rehash` adds "
@@ -192,7 +199,12 @@ def iter_checked(
     their bytes, by the file's checksum). Frames are checked by their PNG headers, and decoded only where a
     reader samples them."""
     skipped: list[str] = []
-    audit = ShardAudit(file.shard, file.episodes, source.cameras, "first" if with_frames else None, memory)
+    # With a verified checksum every byte is vouched for: the size of each camera's first frame is enough.
+    # Without one (a dataset from before checksums) every frame's PNG header is read: no pixel bomb or frame
+    # of another size hides in a frame the stream happens not to sample.
+    summed = file.checksum is not None and source.verify
+    frames = ("first" if summed else "headers") if with_frames else None
+    audit = ShardAudit(file.shard, file.episodes, source.cameras, frames, memory)
     for sample in iter_shard(file.url, file.checksum, source.verify, skipped):
         if wanted is not None and not wanted(sample["__key__"]):
             _refuse_or_warn(source, file.url, audit.key(sample["__key__"]))
@@ -211,8 +223,7 @@ def _refuse_or_warn(source: ShardSource, url: str, findings: list[Finding]) -> N
                 f"{where}: {finding.message} (`actionprior data check {source.directory}` lists all)"
             )
     skipped = [f for f in findings if f.skipped]
-    if skipped and source.directory not in _WARNED:
-        _WARNED.add(source.directory)
+    if skipped and _first_time("skipped members", source.directory):
         where = f"{url}:{skipped[0].key}" if skipped[0].key else url
         more = f" (and {len(skipped) - 1} more in this file)" if len(skipped) > 1 else ""
         log.warning(
