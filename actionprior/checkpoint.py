@@ -181,8 +181,11 @@ def load_checkpoint_file(
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)")
-    if not mmap and zipfile.is_zipfile(path):
-        verify_zip_checksums(path)
+    if zipfile.is_zipfile(path):
+        if not mmap:
+            verify_zip_checksums(path)
+    else:
+        _refuse_non_zip(path, mmap)
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -199,6 +202,24 @@ def load_checkpoint_file(
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
+
+
+def _refuse_non_zip(path: Path, mmap: bool) -> None:
+    """Say what a file that is not a zip archive (what ``torch.save`` writes) is, rather than torch's advice
+    about mmap and re-saving: random bytes are not a checkpoint to re-save. A bare pickle (a legacy torch
+    file) goes on to the weights-only reader unless it was to be mapped."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:  # pickles (protocol 2+) start with PROTO n
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (neither the zip archive torch.save writes nor a pickle: "
+            "random bytes or another kind of file)"
+        )
+    if mmap:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (a bare pickle, not the zip archive torch.save writes: a "
+            "legacy torch file or not a checkpoint at all)"
+        )
 
 
 MAX_ZIP_MEMBERS = 1_000_000  # a torch file holds one member per tensor storage, plus a few

@@ -18,6 +18,7 @@ from policy_builders import (
 )
 
 from actionprior.data.normalization import Normalizer
+from actionprior.data.stats import stats_fingerprint
 from actionprior.data.synthetic import synthetic_registry
 from actionprior.inference.observation import ObservationError, validate_observation
 from actionprior.inference.policy import Policy, PolicyCheckpointError
@@ -106,20 +107,30 @@ def test_policy_refuses_foreign_statistics(ckpt, tmp_path) -> None:
     fp = pol.normalizer.fingerprint
     assert Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=fp)
     with pytest.raises(
-        PolicyCheckpointError, match=f"fingerprint {fp}, but the expected fingerprint gives 0000"
+        PolicyCheckpointError,
+        match=rf"the expected fingerprint 0000 is neither its normalisation fingerprint {fp} \(statistics and "
+        r"mode\) nor the fingerprint \w+ that the stats.json of its statistics records",
     ):
         Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats="0000")
     # A dataset's own stats.json (the format write_stats writes), as a file or as its folder: the exact
     # statistics the model was trained with are accepted, others refused.
     for name, seed in (("same", 0), ("other", 1)):
         (tmp_path / name).mkdir()
-        payload = {"schema_version": 1, "embodiments": tiny_stats(pol.registry, seed=seed)}
+        stats = tiny_stats(pol.registry, seed=seed)
+        payload = {"schema_version": 1, "fingerprint": stats_fingerprint(stats), "embodiments": stats}
         (tmp_path / name / "stats.json").write_text(json.dumps(payload))
+    # ... and so is the `fingerprint` field of that stats.json (issue 26: it was refused as foreign).
+    recorded = json.loads((tmp_path / "same" / "stats.json").read_text())["fingerprint"]
+    assert recorded != fp
+    assert Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=recorded)
+    other_recorded = json.loads((tmp_path / "other" / "stats.json").read_text())["fingerprint"]
+    with pytest.raises(PolicyCheckpointError, match=f"expected fingerprint {other_recorded} is neither"):
+        Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=other_recorded)
     same = tmp_path / "same" / "stats.json"
     assert Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=same)
     assert Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=same.parent)
     other = tmp_path / "other" / "stats.json"
-    with pytest.raises(PolicyCheckpointError, match="stats.json gives .*wrong statistics"):
+    with pytest.raises(PolicyCheckpointError, match="stats.json give .*wrong statistics"):
         Policy.from_checkpoint(ckpt, image_size=IMAGE, history_len=HISTORY, expected_stats=other)
     with pytest.raises(PolicyCheckpointError, match="does not record history_len"):
         Policy.from_checkpoint(ckpt, image_size=IMAGE)

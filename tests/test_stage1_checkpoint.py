@@ -12,6 +12,7 @@ from actionprior.checkpoint import (
     CheckpointMismatchError,
     check_compatible,
     load_action_prior,
+    load_checkpoint_file,
 )
 from actionprior.data.normalization import Normalizer
 from actionprior.data.stats import compute_stats
@@ -156,6 +157,30 @@ def test_unreadable_files_are_refused_in_one_line_naming_the_path(tmp_path):
         with pytest.raises(CheckpointError, match=rf"{name}.ckpt: not a readable checkpoint") as info:
             load_action_prior(tmp_path / f"{name}.ckpt")
         assert "\n" not in str(info.value)
+
+
+def test_random_bytes_are_not_taken_for_an_old_torch_file(tmp_path):
+    """Resuming from random bytes once reported torch's advice to re-save the file for mmap (issue 26)."""
+    import pickle
+
+    from actionprior.training.checkpoint_files import check_resume_checkpoint
+
+    path = tmp_path / "random.ckpt"
+    path.write_bytes(b"\x17" + np.random.default_rng(1).bytes(4095))
+    for mmap in (True, False):
+        with pytest.raises(
+            CheckpointError,
+            match=r"random.ckpt: not a readable checkpoint \(neither the zip archive torch.save writes nor a "
+            r"pickle: random bytes or another kind of file\)",
+        ):
+            load_checkpoint_file(path, mmap=mmap)
+    with pytest.raises(CheckpointError, match=r"^--ckpt_path: .*random.ckpt: .*neither the zip") as info:
+        check_resume_checkpoint(str(path), tmp_path)
+    assert "mmap" not in str(info.value) and "torch.save your checkpoint" not in str(info.value)
+    legacy = tmp_path / "legacy.ckpt"
+    legacy.write_bytes(pickle.dumps({"w": 1}, protocol=2))
+    with pytest.raises(CheckpointError, match=r"legacy.ckpt: not a readable checkpoint \(a bare pickle"):
+        check_resume_checkpoint(str(legacy), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from typing import Any, Literal
 import lightning as L
 
 from actionprior.data.loader import StreamLoader
+from actionprior.data.location import shown_path
 from actionprior.data.normalization import Normalizer
-from actionprior.data.schema import DataError, Episode
+from actionprior.data.schema import MANIFEST_FILE, STATS_FILE, DataError, Episode
 from actionprior.data.shards import ShardSource, View, iter_episodes, shard_source
 from actionprior.data.stats import merge_stats
 from actionprior.data.stream import WindowStream, default_camera_names
@@ -81,6 +82,8 @@ class ActionPriorDataModule(L.LightningDataModule):
         camera_names: cameras in batch order; default: union of the embodiments' cameras.
         stats_from: a Stage 1 checkpoint being adapted (``--init_from`` sets it): the embodiments it knows
             keep its normalisation statistics, so the prior keeps its meaning; the others take the data's.
+        verify_checksums: check every shard against the size and SHA-256 its manifest records, on the
+            bytes the stream reads anyway (a mismatch is refused, naming the shard); false skips it.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class ActionPriorDataModule(L.LightningDataModule):
         image_size: int | None = None,
         camera_names: list[str] | None = None,
         stats_from: str | None = None,
+        verify_checksums: bool = True,
     ):
         super().__init__()
         self.sources = [_as_source(d) for d in datasets]
@@ -123,6 +127,7 @@ class ActionPriorDataModule(L.LightningDataModule):
         self.cache_mb = cache_mb
         self.seed = seed
         self.image_size = image_size
+        self.verify_checksums = verify_checksums
 
         self.manifests = {str(Path(s.path)): load_manifest(s.path) for s in self.sources}
         if view == "observation":
@@ -133,14 +138,17 @@ class ActionPriorDataModule(L.LightningDataModule):
                         "feed Stage 2's observation view; list it in Stage 1's data.datasets only"
                     )
         self._registry = registry_from_manifests(self.manifests)
-        stats = merge_stats(load_stats(s.path) for s in self.sources)
+        stats = self._merged_stats()
         self.stats_origin = dict.fromkeys(self._registry.names, "data")
         if stats_from:
             stats = self._checkpoint_stats(stats, stats_from, normalization)
         self._normalizer = Normalizer(stats, self._registry, normalization)
         self._camera_names = list(camera_names) if camera_names else default_camera_names(self._registry)
         if view == "observation" and not self._camera_names:
-            raise DataError("the observation view needs cameras, but no embodiment spec lists any")
+            raise DataError(
+                f"{', '.join(shown_path(s.path, MANIFEST_FILE) for s in self.sources)}: the observation view "
+                "needs cameras, but no embodiment spec lists any"
+            )
         self.train_sources = self._split_sources("train")
         self.val_sources = self._split_sources("val") if val_fraction > 0 else []
         if val_fraction > 0 and not self.val_sources:
@@ -148,6 +156,14 @@ class ActionPriorDataModule(L.LightningDataModule):
                 f"val_fraction={val_fraction} selects no episode of {[s.path for s in self.sources]}; "
                 "raise it, or set it to 0 to disable validation"
             )
+
+    def _merged_stats(self) -> dict[str, Any]:
+        """The statistics of every dataset (each checked against its own manifest), in one dict."""
+        parts = {s.path: load_stats(s.path, self.manifests[str(Path(s.path))]) for s in self.sources}
+        try:
+            return merge_stats(parts.values())
+        except ValueError as exc:
+            raise DataError(f"{', '.join(shown_path(p, STATS_FILE) for p in parts)}: {exc}") from None
 
     def _checkpoint_stats(self, stats: dict[str, Any], path: str, mode: str) -> dict[str, Any]:
         """``stats`` with the entries of the embodiments the checkpoint at ``path`` knows replaced by its own."""
@@ -186,8 +202,9 @@ class ActionPriorDataModule(L.LightningDataModule):
     def _split_sources(self, split: Literal["train", "val"]) -> list[ShardSource]:
         out = []
         for src in self.sources:
+            manifest = self.manifests[str(Path(src.path))]
             s = shard_source(
-                src.path, self.view, split, self.val_fraction, src.weight, self.manifests[str(Path(src.path))]
+                src.path, self.view, split, self.val_fraction, src.weight, manifest, self.verify_checksums
             )
             if s.num_episodes:
                 out.append(s)
@@ -253,7 +270,7 @@ class ActionPriorDataModule(L.LightningDataModule):
         count = 0
         for src in self.val_sources:
             for episode in iter_episodes(
-                src.directory, self._registry, "val", self.val_fraction, with_frames
+                src.directory, self._registry, "val", self.val_fraction, with_frames, self.verify_checksums
             ):
                 if max_episodes is not None and count >= max_episodes:
                     return

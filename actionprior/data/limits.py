@@ -21,6 +21,8 @@ MAX_MEMBER_BYTES = 64 * MiB  # one .npy, .json or .png member
 MAX_SAMPLE_BYTES = 512 * MiB  # all members of one episode (the frames of an observation sample)
 MAX_MEMBERS_PER_SAMPLE = 65536  # fields of one episode (frames: cameras x timesteps)
 MAX_HEADER_EXTENSION_BYTES = 64 * KiB  # PAX header / GNU long name
+# After the end-of-archive marker: zeros up to the writer's record size (tar's default is 10 KiB).
+MAX_TAR_TAIL_BYTES = 1 * MiB
 
 # Decoded content.
 MAX_IMAGE_PIXELS = 4096 * 4096  # width x height read from the PNG header before decoding

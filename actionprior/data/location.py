@@ -49,6 +49,18 @@ def file_url(location: str | Path, name: str) -> str:
     return str(Path(text) / name)
 
 
+def shown_path(location: str | Path, name: str) -> str:
+    """File ``name`` of a dataset as messages name it: its URL, or its path (``./name`` in the current folder:
+    a dataset path ``''`` is the current folder, not ``/``)."""
+    text = str(location)
+    if is_remote(text):
+        try:
+            return file_url(text, name)
+        except DataError:
+            return f"{text} ({name})"
+    return os.path.join(text or ".", name)
+
+
 def contained(location: str | Path, name: str) -> bool:
     """Whether local file ``name`` resolves inside the directory (False for a symlink that leaves it)."""
     directory = Path(location).resolve()

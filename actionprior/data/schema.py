@@ -162,15 +162,16 @@ def _quiet_bomb_warning() -> Iterator[None]:
         yield
 
 
-def png_size(data: bytes, where: str) -> tuple[int, int]:
-    """``(width, height)`` from the PNG header, without decoding pixels."""
-    from PIL import Image
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    try:
-        with _quiet_bomb_warning(), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
-            return img.size
-    except Exception as exc:
-        raise DataError(f"{where}: cannot decode PNG frame ({str(exc)[:200]})") from None
+
+def png_header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR chunk (the first, by the PNG spec) in a few byte comparisons, or
+    None when the data does not start like a PNG. For checks over every frame of a shard; decoding reads the
+    rest."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def decode_png(data: bytes, where: str) -> np.ndarray:
@@ -412,4 +413,35 @@ def shard_problems(index: int, shard: Any, trajectory_only: bool = False) -> lis
     for key in ("num_episodes", "num_transitions"):
         if not _is_int(shard.get(key)):
             out.append(f"shard '{label}' {key} must be an integer, got {show(shard.get(key))}")
+    from actionprior.data.checksums import checksum_problems  # (that module imports this one)
+
+    return out + checksum_problems(label, shard.get("checksums"))
+
+
+def bookkeeping_problems(shards: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(episode key or "", message)`` for every count or key of well-typed shard entries that does not add
+    up: an episode listed twice, counts that disagree with the episodes listed. Readers refuse the first
+    (the stream would sample a listed-twice episode twice as often); ``data check`` reports them all."""
+    out: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for shard in shards:
+        name, episodes = shard["name"], shard["episodes"]
+        if shard["num_episodes"] != len(episodes):
+            out.append(
+                ("", f"shard '{name}': num_episodes {shard['num_episodes']} but {len(episodes)} listed")
+            )
+        listed = sum(e["length"] for e in episodes)
+        if shard["num_transitions"] != listed:
+            out.append(
+                (
+                    "",
+                    f"shard '{name}': num_transitions {shard['num_transitions']} but episodes sum to {listed}",
+                )
+            )
+        for entry in episodes:
+            key = entry["key"]
+            if key in seen:
+                where = "twice in shard" if seen[key] == name else f"in shards '{seen[key]}' and"
+                out.append((key, f"episode key {key} listed {where} '{name}'"))
+            seen.setdefault(key, name)
     return out

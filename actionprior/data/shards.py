@@ -9,15 +9,19 @@ manifest (untrusted) and are combined with the user's dataset path only by :mod:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from actionprior.data.location import contained, file_url, is_remote, open_local
+from actionprior.data.checksums import FileSum, HashingReader, expected_sum, mismatch
+from actionprior.data.location import contained, file_url, is_remote, open_local, shown_path
 from actionprior.data.schema import (
+    MANIFEST_FILE,
     DataError,
     Episode,
     check_file_name,
@@ -28,21 +32,55 @@ from actionprior.data.schema import (
 )
 from actionprior.data.splits import Split, in_split
 from actionprior.data.tario import iter_tar_samples
+from actionprior.data.verify import DatasetMemory, Finding, ShardAudit, skipped_member_findings
 from actionprior.data.writer import load_manifest
 from actionprior.embodiments import EmbodimentRegistry
+
+log = logging.getLogger(__name__)
 
 View = Literal["trajectory", "observation"]
 
 
 @dataclass(frozen=True)
+class ShardFile:
+    """One shard file of a view as the manifest lists it: where it is, its checksum (None for a dataset
+    written before checksums) and the episodes it must hold (key -> manifest entry)."""
+
+    url: str
+    shard: str
+    checksum: FileSum | None
+    episodes: Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
 class ShardSource:
-    """One dataset as a stream sees it: the shard files of one view that hold episodes of one split."""
+    """One dataset as a stream sees it: the shard files of one view that hold episodes of one split.
+
+    ``cameras`` are the camera names of each embodiment of the dataset's manifest; ``verify`` says whether
+    readers check each file's checksum (and, without one, its tar headers) on the bytes they read.
+    """
 
     directory: str
     weight: float
     urls: tuple[str, ...]
     num_episodes: int
     num_transitions: int
+    files: tuple[ShardFile, ...] = ()
+    cameras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    verify: bool = True
+
+
+_MENTIONED: set[tuple[str, str]] = set()  # (what, dataset): notices given once per dataset and process
+
+
+def _first_time(what: str, directory: str | Path) -> bool:
+    """Whether ``what`` has not been said yet about this dataset in this process. A local dataset is known by
+    its real path: one path string (``.``) can name several folders in a process."""
+    key = (what, str(directory) if is_remote(directory) else str(Path(directory).resolve()))
+    if key in _MENTIONED:
+        return False
+    _MENTIONED.add(key)
+    return True
 
 
 def shard_source(
@@ -52,26 +90,46 @@ def shard_source(
     val_fraction: float,
     weight: float = 1.0,
     manifest: dict[str, Any] | None = None,
+    verify: bool = True,
 ) -> ShardSource:
     """The shards of one view holding episodes of ``split``. ``directory`` is the dataset path as the user
     wrote it: a local directory, or a ``{name}`` template / URL base (see :mod:`actionprior.data.location`).
+    ``verify=False`` reads them without checking their checksums.
     """
     location = directory if is_remote(directory) else Path(directory)
     manifest = manifest if manifest is not None else load_manifest(directory)
-    field = "traj" if view == "trajectory" else "obs"
-    urls, episodes, transitions = [], 0, 0
+    field_ = "traj" if view == "trajectory" else "obs"
+    files, episodes, transitions = [], 0, 0
     for shard in manifest["shards"]:
         chosen = [e for e in shard["episodes"] if in_split(e["key"], split, val_fraction)]
         if chosen:
-            name = check_file_name(shard[field], f"{directory}/manifest.json: shard '{field}'")
+            name = check_file_name(shard[field_], f"{shown_path(directory, MANIFEST_FILE)}: shard '{field_}'")
             if not is_remote(location) and not contained(location, name):
                 raise DataError(
-                    f"{directory}/{name}: resolves outside the dataset folder (a symlink); refusing to read it"
+                    f"{shown_path(directory, name)}: resolves outside the dataset folder (a symlink); "
+                    "refusing to read it"
                 )
-            urls.append(file_url(location, name))
+            listed = {e["key"]: e for e in shard["episodes"]}
+            url = file_url(location, name)
+            files.append(ShardFile(url, shard["name"], expected_sum(shard, field_), listed))
             episodes += len(chosen)
             transitions += sum(int(e["length"]) for e in chosen)
-    return ShardSource(str(directory), float(weight), tuple(urls), episodes, transitions)
+    unsummed = sum(f.checksum is None for f in files)
+    if verify and unsummed and _first_time("no checksums", directory):
+        log.warning(
+            "%s: %d of %d shard files have no checksum in manifest.json (written before checksums); they are "
+            "read with their tar headers checked, not their bytes: `actionprior data check %s --rehash` adds "
+            "checksums",
+            directory,
+            unsummed,
+            len(files),
+            directory,
+        )
+    cameras = {name: tuple(spec.get("cameras", [])) for name, spec in manifest["embodiments"].items()}
+    urls = tuple(f.url for f in files)
+    return ShardSource(
+        str(directory), float(weight), urls, episodes, transitions, tuple(files), cameras, verify
+    )
 
 
 def _open_shard(url: str) -> BinaryIO:
@@ -85,16 +143,34 @@ def _open_shard(url: str) -> BinaryIO:
     return open_local(url)
 
 
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
+def iter_shard(
+    url: str, expected: FileSum | None = None, verify: bool = True, skipped: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__`` plus bytes per field) of one tar, streamed, with a clear error for broken
-    tars (the reader holds at most one sample; see :mod:`actionprior.data.limits`)."""
+    tars (the reader holds at most one sample; see :mod:`actionprior.data.limits`).
+
+    With ``verify``, the file is checked as it is read: against its ``expected`` size and SHA-256 (hashed on
+    the bytes read anyway; a mismatch is raised after the last sample, so callers that must not use a
+    damaged shard's samples collect them first, as the stream does), or without one by its tar header
+    checksums. Names of members that belong to no sample go to ``skipped``.
+    """
     try:
-        stream = _open_shard(url)
+        raw = _open_shard(url)
     except OSError as exc:
         raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
+    hashing = verify and expected is not None
+    stream: Any = HashingReader(raw) if hashing else raw
     failed = True
     try:
-        yield from iter_tar_samples(stream, url, verify=False)
+        if hashing and not is_remote(url):
+            size = os.fstat(raw.fileno()).st_size  # a partial copy is refused before it is read
+            if size != expected.size:  # type: ignore[union-attr]
+                raise DataError(f"{url}: {mismatch(FileSum(size, ''), expected)}")  # type: ignore[arg-type]
+        yield from iter_tar_samples(stream, url, verify=verify and not hashing, skipped=skipped)
+        if hashing:
+            problem = mismatch(stream.result(), expected)  # type: ignore[arg-type]
+            if problem:
+                raise DataError(f"{url}: {problem}")
         failed = False
     except OSError as exc:
         raise DataError(f"{url}: cannot read shard ({exc.strerror or show(str(exc), 200)})") from None
@@ -102,10 +178,61 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
         # A pipe reports its command's exit status on close. After a refusal (or a consumer that stopped
         # early) that status would only hide the real message, so it counts only after a clean read.
         try:
-            stream.close()
+            raw.close()
         except Exception as exc:
             if not failed:
                 raise DataError(f"{url}: the stream failed on close ({show(str(exc), 200)})") from None
+
+
+def iter_checked(
+    source: ShardSource,
+    file: ShardFile,
+    registry: EmbodimentRegistry,
+    memory: DatasetMemory,
+    with_frames: bool,
+    wanted: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, dict[str, Any]]]:
+    """``(sample, state, action, meta)`` of the samples of one shard file whose key is ``wanted`` (default:
+    all), checked as ``data check`` checks them (:mod:`actionprior.data.verify`): the first problem is a
+    DataError naming file, key and field; members no reader loads are skipped with one warning per dataset
+    (and process). Samples not wanted (the other split) are not decoded: only their keys are checked (and
+    their bytes, by the file's checksum). Frames are checked by their PNG headers, and decoded only where a
+    reader samples them."""
+    skipped: list[str] = []
+    # With a verified checksum every byte is vouched for: the size of each camera's first frame is enough.
+    # Without one (a dataset from before checksums) every frame's PNG header is read: no pixel bomb or frame
+    # of another size hides in a frame the stream happens not to sample.
+    summed = file.checksum is not None and source.verify
+    frames = ("first" if summed else "headers") if with_frames else None
+    audit = ShardAudit(file.shard, file.episodes, source.cameras, frames, memory)
+    for sample in iter_shard(file.url, file.checksum, source.verify, skipped):
+        if wanted is not None and not wanted(sample["__key__"]):
+            _refuse_or_warn(source, file.url, audit.key(sample["__key__"]))
+            continue
+        state, action, meta = decode_sample(sample, registry)
+        _refuse_or_warn(source, file.url, audit.sample(file.url, sample, meta, len(state)))
+        yield sample, state, action, meta
+    _refuse_or_warn(source, file.url, skipped_member_findings(skipped) + audit.end())
+
+
+def _refuse_or_warn(source: ShardSource, url: str, findings: list[Finding]) -> None:
+    for finding in findings:
+        where = f"{url}:{finding.key}" if finding.key else url
+        if not finding.skipped:
+            raise DataError(
+                f"{where}: {finding.message} (`actionprior data check {source.directory}` lists all)"
+            )
+    skipped = [f for f in findings if f.skipped]
+    if skipped and _first_time("skipped members", source.directory):
+        where = f"{url}:{skipped[0].key}" if skipped[0].key else url
+        more = f" (and {len(skipped) - 1} more in this file)" if len(skipped) > 1 else ""
+        log.warning(
+            "%s: skipped %s%s; `actionprior data check %s` lists all",
+            where,
+            skipped[0].message,
+            more,
+            source.directory,
+        )
 
 
 def decode_sample(
@@ -132,26 +259,33 @@ def iter_episodes(
     split: Split = "all",
     val_fraction: float = 0.0,
     with_frames: bool = False,
+    verify: bool = True,
+    *,
     embodiment: str | None = None,
 ) -> Iterator[Episode]:
     """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation).
 
+    Shards are checked as the stream checks them (:func:`iter_checked`); a checksum mismatch is known only
+    at the end of a shard, so it is raised after that shard's episodes (evaluation then fails as a whole).
     ``embodiment``: only that embodiment's episodes; shards whose manifest entries list none are not read,
     and the frames of other embodiments' episodes are not decoded.
     """
     manifest = load_manifest(directory)
+    keys: set[str] | None = None
     if embodiment is not None:
         shards = [s for s in manifest["shards"] if any(e["embodiment"] == embodiment for e in s["episodes"])]
         manifest = {**manifest, "shards": shards}
+        keys = {e["key"] for s in shards for e in s["episodes"] if e["embodiment"] == embodiment}
     view: View = "observation" if with_frames else "trajectory"
-    source = shard_source(directory, view, split, val_fraction, manifest=manifest)
-    for url in source.urls:
-        for sample in iter_shard(url):
-            if not in_split(sample["__key__"], split, val_fraction):
-                continue
-            state, action, meta = decode_sample(sample, registry)
-            if embodiment is not None and meta["embodiment"] != embodiment:
-                continue
+    source = shard_source(directory, view, split, val_fraction, manifest=manifest, verify=verify)
+    memory = DatasetMemory()
+
+    def wanted(key: str) -> bool:
+        return in_split(key, split, val_fraction) and (keys is None or key in keys)
+
+    for file in source.files:
+        url = file.url
+        for sample, state, action, meta in iter_checked(source, file, registry, memory, with_frames, wanted):
             frames = {}
             if with_frames:
                 where = f"{url}:{sample['__key__']}"

@@ -51,9 +51,16 @@ def compute_stats(episodes: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> dic
 
 
 def stats_fingerprint(stats: Mapping[str, Any]) -> str:
-    """A short hash of the statistics; checkpoints and policies compare it to refuse foreign stats."""
-    payload = json.dumps(stats, sort_keys=True, separators=(",", ":"))
+    """A short hash of the statistics; checkpoints and policies compare it to refuse foreign stats.
+    Arrays (statistics as a checkpoint may keep them) hash like the lists stats.json holds."""
+    payload = json.dumps(stats, sort_keys=True, separators=(",", ":"), default=_as_json)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"statistics hold a {type(value).__name__}, not numbers")
 
 
 def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -126,4 +133,21 @@ def stats_problems(stats: Any) -> list[str]:
                 negative = np.flatnonzero(arr["std"] < 0)
                 if negative.size:
                     out.append(f"{where}: std[{negative[0]}] is negative")
+    return out
+
+
+def stats_spec_problems(stats: Mapping[str, Any], dims: Mapping[str, tuple[int, int]]) -> list[str]:
+    """Statistics (passing :func:`stats_problems`) that do not fit the embodiments ``name -> (state_dim,
+    action_dim)`` they must normalise: an embodiment without an entry, or lists of another length."""
+    out = []
+    for name, (state_dim, action_dim) in dims.items():
+        entry = stats.get(name)
+        if not isinstance(entry, Mapping):
+            out.append(f"no statistics for embodiment '{name}'")
+            continue
+        for kind, dim in (("state", state_dim), ("action", action_dim)):
+            part = entry.get(kind)
+            got = len(part["mean"]) if isinstance(part, Mapping) and _number_list(part.get("mean")) else 0
+            if got != dim:
+                out.append(f"'{name}' {kind} statistics have {got} dims, spec has {dim}")
     return out

@@ -35,8 +35,9 @@ from actionprior.data.batch import BatchBuilder
 from actionprior.data.limits import MAX_ABS_VALUE
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError, frame_field
-from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_shard
+from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_checked
 from actionprior.data.splits import Split, in_split
+from actionprior.data.verify import DatasetMemory
 from actionprior.data.windowing import PaddedEpisode
 from actionprior.embodiments import EmbodimentRegistry
 
@@ -157,10 +158,17 @@ class WindowStream(IterableDataset):
         # Batches of this (epoch, rank) stream already consumed, counted over all workers together: a new
         # iterator starts right after them (resuming), see :meth:`_worker_start`.
         self.start_batch = 0
+        # Per dataset: frame sizes seen, and whether skipped members were already reported (per worker).
+        self._memory: dict[str, DatasetMemory] = {}
 
     # -- episodes ------------------------------------------------------------------------------------
-    def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> _PoolEpisode:
-        state, action, meta = decode_sample(sample, self.registry)
+    def _decode(
+        self,
+        sample: dict[str, Any],
+        rng: np.random.Generator,
+        decoded: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
+    ) -> _PoolEpisode:
+        state, action, meta = decoded if decoded is not None else decode_sample(sample, self.registry)
         name = meta["embodiment"]
         padded = self.batches.pad(name, state, action)
         # Inf in a shard, or a value the statistics blow up to Inf, would reach the loss silently.
@@ -216,19 +224,33 @@ class WindowStream(IterableDataset):
                 ) from None
         return np.stack(steps), mask
 
+    def read_shard(self, source: ShardSource, index: int, rng: np.random.Generator) -> list[_PoolEpisode]:
+        """The decoded episodes of the split in shard file ``index`` of ``source``, read whole and checked
+        (:func:`~actionprior.data.shards.iter_checked`: its checksum, and what ``data check`` checks) before
+        any of them is returned: a damaged shard never reaches a pool."""
+        memory = self._memory.setdefault(source.directory, DatasetMemory())
+        observation = self.view == "observation"
+
+        def wanted(key: str) -> bool:
+            return in_split(key, self.split, self.val_fraction)
+
+        return [
+            self._decode(sample, rng, (state, action, meta))
+            for sample, state, action, meta in iter_checked(
+                source, source.files[index], self.registry, memory, observation, wanted
+            )
+        ]
+
     def _episodes(self, source: ShardSource, rng: np.random.Generator, cache: dict) -> Iterator[_PoolEpisode]:
         """Decoded episodes of the split from shards drawn with replacement, forever."""
         barren = 0
         while True:
-            url = source.urls[int(rng.integers(len(source.urls)))]
+            index = int(rng.integers(len(source.urls)))
+            url = source.urls[index]
             if url in cache:
                 episodes = cache[url]
             else:
-                episodes = [
-                    self._decode(s, rng)
-                    for s in iter_shard(url)
-                    if in_split(s["__key__"], self.split, self.val_fraction)
-                ]
+                episodes = self.read_shard(source, index, rng)
                 size = sum(e.nbytes for e in episodes)
                 # No eviction: once full, the cached shards stay; the others are read from disk.
                 if cache.get("__bytes__", 0) + size <= self.cache_bytes:
@@ -244,10 +266,11 @@ class WindowStream(IterableDataset):
 
     # -- batching ------------------------------------------------------------------------------------
     def _images(self, picks: Sequence[_PoolEpisode], slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        shapes = {ep.images.shape[2:] for ep in picks}  # type: ignore[union-attr]
-        if len(shapes) > 1:
+        by_shape = {ep.images.shape[2:]: ep.where for ep in picks}  # type: ignore[union-attr]
+        if len(by_shape) > 1:
+            examples = ", ".join(f"{h}x{w} in {where}" for (h, w), where in sorted(by_shape.items())[:2])
             raise DataError(
-                f"frames of different sizes {sorted(shapes)} in one batch (datasets recorded at different "
+                f"frames of different sizes in one batch ({examples}: datasets recorded at different "
                 "resolutions); set data.image_size to resize them to a common size"
             )
         images = np.stack([ep.images[j] for ep, j in zip(picks, slots, strict=True)])  # type: ignore[index]

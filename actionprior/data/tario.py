@@ -117,6 +117,26 @@ class _Reader:
             self.pos += got
 
 
+def _check_tail(reader: _Reader, pos: int) -> None:
+    """Read what follows the end-of-archive block at ``pos``: zeros only, and not more than the cap."""
+    cap = limits.MAX_TAR_TAIL_BYTES
+    left = cap + 1
+    while left > 0:
+        chunk = reader.stream.read(min(left, _SKIP_CHUNK))
+        if not chunk:
+            return
+        if chunk.count(0) != len(chunk):
+            raise DataError(
+                f"{reader.where}: data after the end-of-archive marker at byte {pos} (appended to the shard?)"
+            )
+        left -= len(chunk)
+        reader.pos += len(chunk)
+    raise DataError(
+        f"{reader.where}: more than {cap} bytes follow the end-of-archive marker at byte {pos} "
+        "(appended to the shard?)"
+    )
+
+
 def _as_stream(source: bytes | bytearray | memoryview | BinaryIO) -> BinaryIO:
     if isinstance(source, bytes | bytearray | memoryview):
         return io.BytesIO(source)
@@ -128,12 +148,16 @@ def iter_tar_members(
     where: str,
     verify: bool = True,
     max_member_bytes: int | None = None,
+    skipped: list[str] | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """``(name, content)`` of the regular files of a tar; raises DataError on truncation/corruption.
 
-    ``source`` is the tar's bytes or a binary stream read forward once. ``verify`` checks every header
-    checksum (``data check`` does; streaming skips it for speed, while truncation is still detected from
-    the member sizes). A member larger than ``max_member_bytes`` is refused before it is read.
+    ``source`` is the tar's bytes or a binary stream read forward once, to its end: what follows the
+    end-of-archive marker must be zeros (a tar writer's padding to its record size) and at most
+    ``limits.MAX_TAR_TAIL_BYTES``, so data appended to a shard is not ignored. ``verify`` checks every header
+    checksum (``data check`` does, and the stream for shards without a whole-file checksum; a shard's SHA-256
+    covers its headers). A member larger than ``max_member_bytes`` is refused before it is read. The names
+    of members that are not regular files (directories, links: never followed) go to ``skipped``.
     """
     cap = limits.MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
     reader = _Reader(_as_stream(source), where)
@@ -143,8 +167,9 @@ def iter_tar_members(
         header = reader.read_block()
         if header is None:
             raise DataError(f"{where}: truncated tar (no end-of-archive marker after byte {pos})")
-        if header == _ZEROS:
-            return  # end-of-archive block
+        if header == _ZEROS:  # end-of-archive block
+            _check_tail(reader, pos)
+            return
         if verify and _octal(header[148:156], "chksum", where, pos) != (
             sum(header) - sum(header[148:156]) + 8 * 32
         ):
@@ -175,6 +200,8 @@ def iter_tar_members(
         name = pending.get("path", name)
         pending = {}
         if kind not in (b"0", b"\0"):
+            if skipped is not None:
+                skipped.append(name)
             reader.skip(padded, f"member '{name[:100]}'")  # directories, links, devices: never followed
             continue
         if size > cap:
@@ -195,18 +222,24 @@ def split_name(name: str) -> tuple[str | None, str | None]:
 
 
 def iter_tar_samples(
-    source: bytes | bytearray | memoryview | BinaryIO, url: str, verify: bool = True
+    source: bytes | bytearray | memoryview | BinaryIO,
+    url: str,
+    verify: bool = True,
+    skipped: list[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Members grouped into WebDataset samples: ``{"__key__", "__url__", field: bytes}``.
 
     At most one sample is held: a sample over ``MAX_SAMPLE_BYTES`` or ``MAX_MEMBERS_PER_SAMPLE`` fields
-    is refused, naming its key.
+    is refused, naming its key. Members that belong to no sample (no key: ``README``; a ``__`` key; not a
+    regular file) are left out; their names go to ``skipped``.
     """
     sample: dict[str, Any] | None = None
     total = 0
-    for name, body in iter_tar_members(source, url, verify):
+    for name, body in iter_tar_members(source, url, verify, skipped=skipped):
         key, field = split_name(name)
         if key is None or field is None or key.startswith("__"):
+            if skipped is not None:
+                skipped.append(name)
             continue
         if sample is None or sample["__key__"] != key:
             if sample is not None:

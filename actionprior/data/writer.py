@@ -12,15 +12,17 @@ A manifest without ``views`` (every dataset written before the key existed) has 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import webdataset as wds
 
 from actionprior.data import limits
-from actionprior.data.location import is_remote, open_file
+from actionprior.data.checksums import FileSum, HashingReader, HashingWriter, expected_sum, mismatch
+from actionprior.data.location import open_file, shown_path
 from actionprior.data.safe_json import loads_bounded, read_bounded
 from actionprior.data.schema import (
     MANIFEST_FILE,
@@ -30,16 +32,20 @@ from actionprior.data.schema import (
     TRAJ_PREFIX,
     DataError,
     Episode,
+    bookkeeping_problems,
     decode_trajectory,
     episode_to_samples,
     manifest_problems,
+    show,
 )
-from actionprior.data.stats import compute_stats, stats_fingerprint, stats_problems
+from actionprior.data.stats import compute_stats, stats_fingerprint, stats_problems, stats_spec_problems
 from actionprior.data.tario import iter_tar_samples
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
+log = logging.getLogger(__name__)
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+
+def atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
@@ -47,7 +53,7 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 def read_dataset_json(location: str | Path, name: str, max_bytes: int) -> Any:
     """Bounded JSON file ``name`` of a local or remote dataset (see :mod:`actionprior.data.location`)."""
-    where = f"{location}/{name}" if is_remote(location) else str(Path(location) / name)
+    where = shown_path(location, name)
     try:
         with open_file(location, name) as stream:
             data = read_bounded(stream, where, max_bytes)
@@ -61,12 +67,14 @@ def read_dataset_json(location: str | Path, name: str, max_bytes: int) -> Any:
 def load_manifest(directory: str | Path) -> dict[str, Any]:
     """The validated manifest of the dataset at ``directory`` (a local directory or a user-written
     template / URL base); shard names, episode entries and specs are checked before anything uses them."""
-    where = f"{directory}/{MANIFEST_FILE}"
+    where = shown_path(directory, MANIFEST_FILE)
     try:
         manifest = read_dataset_json(directory, MANIFEST_FILE, limits.MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise DataError(f"{where}: no manifest; is '{directory}' a dataset written by actionprior?") from None
     problems = manifest_problems(manifest)
+    if not problems:
+        problems = [message for _, message in bookkeeping_problems(manifest["shards"])]
     if problems:
         more = f" (and {len(problems) - 1} more; run `actionprior data check`)" if len(problems) > 1 else ""
         raise DataError(f"{where}: {problems[0]}{more}")
@@ -86,9 +94,15 @@ def dataset_views(manifest: dict[str, Any]) -> tuple[str, ...]:
     return tuple(views)
 
 
-def load_stats(directory: str | Path) -> dict[str, Any]:
-    """The validated per-embodiment statistics of a dataset (finite, within the sanity cap, ordered)."""
-    where = f"{directory}/{STATS_FILE}"
+def load_stats(directory: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The validated per-embodiment statistics of a dataset (finite, within the sanity cap, ordered, and
+    matching the ``fingerprint`` the file records: a stats.json changed after it was written is refused).
+
+    Given the dataset's (validated) ``manifest``, they must also cover each of its embodiments with the
+    spec's dims; statistics counting other transitions than the manifest lists (stale) are used with a
+    warning, unless they are joint statistics over several datasets (``joint_over``).
+    """
+    where = shown_path(directory, STATS_FILE)
     fix = f"run `actionprior data stats {directory} --recompute`"
     try:
         payload = read_dataset_json(directory, STATS_FILE, limits.MAX_STATS_BYTES)
@@ -96,10 +110,51 @@ def load_stats(directory: str | Path) -> dict[str, Any]:
         raise DataError(f"{where}: no statistics; {fix}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("embodiments"), dict):
         raise DataError(f"{where}: must be an object with an 'embodiments' object; {fix}")
-    problems = stats_problems(payload["embodiments"])
+    stats = payload["embodiments"]
+    problems = stats_problems(stats) or fingerprint_problems(payload)
+    if not problems and manifest is not None:
+        problems = stats_spec_problems(stats, manifest_dims(manifest))
     if problems:
         raise DataError(f"{where}: {problems[0]}; {fix}")
-    return payload["embodiments"]
+    if manifest is not None and "joint_over" not in payload:
+        stale = stale_stats(stats, manifest)
+        if stale:
+            log.warning("%s: %s; %s", where, stale, fix)
+    return stats
+
+
+def fingerprint_problems(payload: dict[str, Any]) -> list[str]:
+    """A stats.json whose recorded ``fingerprint`` is not that of the statistics it holds (edited or damaged
+    after it was written; a file without one is not checked)."""
+    recorded = payload.get("fingerprint")
+    actual = stats_fingerprint(payload["embodiments"])
+    if recorded is None or recorded == actual:
+        return []
+    return [
+        f"its fingerprint {show(recorded)} is not that of the statistics it holds ({actual}): the file was "
+        "changed after it was written"
+    ]
+
+
+def manifest_dims(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``name -> (state_dim, action_dim)`` of the embodiments of a validated manifest."""
+    return {
+        name: (len(spec["state_names"]), len(spec["action_names"]))
+        for name, spec in manifest["embodiments"].items()
+    }
+
+
+def stale_stats(stats: dict[str, Any], manifest: dict[str, Any]) -> str | None:
+    """Why statistics do not count the transitions the manifest lists, or None."""
+    listed: dict[str, int] = {}
+    for shard in manifest["shards"]:
+        for e in shard["episodes"]:
+            listed[e["embodiment"]] = listed.get(e["embodiment"], 0) + e["length"]
+    for name, count in sorted(listed.items()):
+        recorded = stats.get(name, {}).get("num_transitions")
+        if recorded is not None and recorded != count:
+            return f"stale statistics for '{name}': {show(recorded)} transitions, manifest.json lists {count}"
+    return None
 
 
 class DatasetWriter:
@@ -159,7 +214,7 @@ class DatasetWriter:
         self.manifest["shards"].append(entry)
         if collection:
             self.manifest["collection"][entry["name"]] = collection
-        _atomic_write_json(self.dir / MANIFEST_FILE, self.manifest)
+        atomic_write_json(self.dir / MANIFEST_FILE, self.manifest)
 
     def finalize(self) -> dict[str, Any]:
         """Recompute dataset totals and ``stats.json`` from the trajectory shards on disk."""
@@ -177,48 +232,74 @@ def check_episode_dims(ep: Episode, spec: EmbodimentSpec) -> None:
 def write_shard_files(
     directory: str | Path, name: str, episodes: Sequence[Episode], observation: bool = True
 ) -> dict[str, Any]:
-    """Write the ``traj-``/``obs-`` tar pair of one shard atomically; returns its manifest entry.
+    """Write the ``traj-``/``obs-`` tar pair of one shard atomically; returns its manifest entry, with the
+    size and SHA-256 of each file (``checksums``).
 
     ``observation=False`` writes the ``traj-`` tar only (a trajectory-only dataset; the entry's ``obs`` is None).
 
     Separate from :class:`DatasetWriter` so that worker processes can encode and write shards in parallel
-    while one process alone owns the manifest (``DatasetWriter.record_shard``).
+    while one process alone owns the manifest (``DatasetWriter.record_shard``). Every writer of shards (collect,
+    import, the synthetic dataset) goes through here, and every file it writes goes through
+    :func:`_write_hashed`: the one place where checksums are computed.
     """
     directory = Path(directory)
-    traj_file, obs_file = f"{TRAJ_PREFIX}{name}.tar", f"{OBS_PREFIX}{name}.tar"
-    tmp_traj, tmp_obs = directory / (traj_file + ".tmp"), directory / (obs_file + ".tmp")
-    with wds.TarWriter(str(tmp_traj)) as traj_sink:
-        for ep in episodes:
-            traj_sink.write(episode_to_samples(ep)[0])
+    files = {"traj": f"{TRAJ_PREFIX}{name}.tar"}
     if observation:
-        with wds.TarWriter(str(tmp_obs)) as obs_sink:
-            for ep in episodes:
-                obs_sink.write(episode_to_samples(ep)[1])
-    os.replace(tmp_traj, directory / traj_file)
-    if observation:
-        os.replace(tmp_obs, directory / obs_file)
+        files["obs"] = f"{OBS_PREFIX}{name}.tar"
+    sums = {
+        field: _write_hashed(directory / (file + ".tmp"), _tar_of(episodes, 0 if field == "traj" else 1))
+        for field, file in files.items()
+    }
+    for file in files.values():  # published together, once both are complete
+        os.replace(directory / (file + ".tmp"), directory / file)
     return {
         "name": name,
-        "traj": traj_file,
-        "obs": obs_file if observation else None,
+        "traj": files["traj"],
+        "obs": files.get("obs"),
         "episodes": [
             {"key": ep.key, "embodiment": ep.embodiment, "task": ep.task, "length": len(ep)}
             for ep in episodes
         ],
         "num_episodes": len(episodes),
         "num_transitions": sum(len(ep) for ep in episodes),
+        "checksums": {field: s.to_dict() for field, s in sums.items()},
     }
+
+
+def _tar_of(episodes: Sequence[Episode], view: int) -> Callable[[BinaryIO], None]:
+    """Writes the trajectory (``view=0``) or observation (1) samples of ``episodes`` as a WebDataset tar."""
+
+    def write(stream: BinaryIO) -> None:
+        with wds.TarWriter(stream) as sink:
+            for ep in episodes:
+                sink.write(episode_to_samples(ep)[view])
+
+    return write
+
+
+def _write_hashed(path: Path, write: Callable[[BinaryIO], None]) -> FileSum:
+    """Create ``path`` with ``write(stream)`` and return its size and SHA-256, hashed as it is written."""
+    with open(path, "wb") as raw:
+        stream = HashingWriter(raw)
+        write(stream)  # type: ignore[arg-type]
+        stream.flush()
+    return stream.result()
 
 
 def iter_trajectories(directory: Path, manifest: dict[str, Any]) -> Iterable[tuple[str, Any, Any]]:
     """``(embodiment, state, action)`` of every episode the manifest lists, streamed from the trajectory
-    shards."""
+    shards, each checked against its recorded checksum (statistics of a damaged shard are never written)."""
     for shard in manifest["shards"]:
-        path = directory / shard["traj"]
-        with open_file(directory, shard["traj"]) as stream:
-            for sample in iter_tar_samples(stream, str(path)):
+        path = shown_path(directory, shard["traj"])
+        expected = expected_sum(shard, "traj")
+        with open_file(directory, shard["traj"]) as raw:
+            stream = HashingReader(raw)
+            for sample in iter_tar_samples(stream, path, verify=expected is None):
                 state, action, meta = decode_trajectory(sample, f"{path}:{sample['__key__']}")
                 yield meta["embodiment"], state, action
+        problem = mismatch(stream.result(), expected) if expected is not None else None
+        if problem:
+            raise DataError(f"{path}: {problem}")
 
 
 def write_stats(directory: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -238,8 +319,8 @@ def write_stats(directory: str | Path, manifest: dict[str, Any] | None = None) -
         "fingerprint": stats_fingerprint(stats),
         "embodiments": stats,
     }
-    _atomic_write_json(directory / STATS_FILE, payload)
+    atomic_write_json(directory / STATS_FILE, payload)
     manifest["num_episodes"] = sum(s["num_episodes"] for s in manifest["shards"])
     manifest["num_transitions"] = sum(s["num_transitions"] for s in manifest["shards"])
-    _atomic_write_json(directory / MANIFEST_FILE, manifest)
+    atomic_write_json(directory / MANIFEST_FILE, manifest)
     return payload

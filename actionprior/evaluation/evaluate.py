@@ -103,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_execution_arguments(p)
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
-    p.add_argument("--stats", default=None, help="stats.json or fingerprint the checkpoint must match")
+    p.add_argument(
+        "--stats",
+        default=None,
+        help="a dataset's stats.json (or folder) whose statistics the checkpoint must have been trained "
+        "with, or a fingerprint: the checkpoint's normalisation fingerprint or the `fingerprint` field of "
+        "that stats.json",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--videos-per-task", type=int, default=1)
     p.add_argument("--fps", type=float, default=10.0)

@@ -22,6 +22,7 @@ from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.batch import BatchBuilder, to_torch
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import STATS_FILE
+from actionprior.data.stats import stats_fingerprint
 from actionprior.data.writer import load_stats
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
@@ -225,9 +226,12 @@ class Policy(BasePolicy):
 def check_stats_fingerprint(normalizer: Normalizer, expected: str | Path | None, source: str) -> None:
     """Refuse a checkpoint whose statistics differ from ``expected``.
 
-    ``expected`` is a fingerprint string, a dataset's ``stats.json`` or the dataset folder itself. The file is
-    read like training reads it (:func:`~actionprior.data.writer.load_stats`: bounded, validated) and normalised
-    with the checkpoint's mode and registry, so the exact statistics a model was trained with are accepted.
+    ``expected`` is a dataset's ``stats.json``, the dataset folder itself, or a fingerprint: the checkpoint's
+    normalisation fingerprint (statistics and mode, ``normalization_fingerprint`` in ``describe()``) or the
+    ``fingerprint`` field of the stats.json it was trained on (statistics only; equal when the model was
+    trained on that one dataset's statistics). A file is read like training reads it
+    (:func:`~actionprior.data.writer.load_stats`: bounded, validated) and normalised with the checkpoint's
+    mode and registry, so the exact statistics a model was trained with are accepted.
     """
     if expected is None:
         return
@@ -240,11 +244,19 @@ def check_stats_fingerprint(normalizer: Normalizer, expected: str | Path | None,
             want = Normalizer(load_stats(folder), normalizer.registry, normalizer.mode).fingerprint
         except (EmbodimentError, KeyError, TypeError) as exc:
             raise PolicyCheckpointError(f"{path}: cannot compare with {source}: {exc}") from exc
-        label = f"statistics in {path}"
-    else:
-        want, label = str(expected), "the expected fingerprint"
-    if want != normalizer.fingerprint:
+        if want != normalizer.fingerprint:
+            raise PolicyCheckpointError(
+                f"{source} was trained with normalisation fingerprint {normalizer.fingerprint}, but the "
+                f"statistics in {path} give {want}: its actions would be un-normalised with the wrong statistics"
+            )
+        return
+    want = str(expected)
+    statistics = stats_fingerprint(normalizer.stats)  # what stats.json's `fingerprint` field holds
+    if want not in (normalizer.fingerprint, statistics):
         raise PolicyCheckpointError(
-            f"{source} was trained with normalisation fingerprint {normalizer.fingerprint}, but {label} "
-            f"gives {want}: its actions would be un-normalised with the wrong statistics"
+            f"{source}: the expected fingerprint {want} is neither its normalisation fingerprint "
+            f"{normalizer.fingerprint} (statistics and mode) nor the fingerprint {statistics} that the "
+            "stats.json of its statistics records; if it came from a dataset's stats.json, the model was "
+            "trained on other statistics (several datasets, or another dataset): pass that stats.json path "
+            "to compare the statistics themselves"
         )

@@ -283,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compile the decoder's Euler loop (torch.compile; CUDA graphs on a GPU); the first chunk pays it",
     )
-    p.add_argument("--stats", default=None, help="stats.json whose fingerprint the checkpoint must match")
+    p.add_argument(
+        "--stats",
+        default=None,
+        help="a dataset's stats.json (or folder) whose statistics the checkpoint must have been trained "
+        "with, or a fingerprint: the checkpoint's normalisation fingerprint or the `fingerprint` field of "
+        "that stats.json",
+    )
     add_execution_arguments(p, delay=False)  # an asynchronous client tells its delay with each request
     p.add_argument("--image-size", type=int, default=None, help="if the checkpoint does not record it")
     p.add_argument("--history-len", type=int, default=None, help="if the checkpoint does not record it")
