@@ -13,7 +13,7 @@ WORKERS ?= 2
 STAGE1_CKPT ?= runs/stage1/checkpoints/last.ckpt
 ARGS ?=
 
-.PHONY: help install test test-fast lint format demo collect stage1 stage2 eval bench bench-train bench-gpu reproduce clean-runs
+.PHONY: help install test fuzz test-fast lint format demo collect stage1 stage2 eval bench bench-train bench-gpu reproduce clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 
 test: install  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q
+
+fuzz: install  ## every case of the seeded dataset fuzz set (~20 min; make test runs a spread sample)
+	ACTIONPRIOR_FUZZ_FULL=1 $(PY) -m pytest -q -s tests/test_fuzz_data.py
 
 test-fast: install  ## skip simulator and slow tests
 	$(PY) -m pytest -q -m "not sim and not slow"

@@ -26,11 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from actionprior.evaluation.smoothness import SMOOTHNESS_KEYS
-from actionprior.study.stats import paired_bootstrap_diff, wilson
+from actionprior.study.stats import Interval, contrast_interval, task_weights, wilson
 
 MODES = ("replan", "ensemble", "rtc")
 DEFAULT_DELAYS = (0, 2, 4, 8)
@@ -127,10 +128,24 @@ def run_cell(args: argparse.Namespace, mode: str, delay: int) -> dict[str, Any]:
     return json.loads(done.read_text())
 
 
-def _outcomes(report: dict[str, Any]) -> list[float]:
-    """0/1 success per episode, in the (task, episode) order that is the same for every cell."""
-    rows = sorted(report["episodes"], key=lambda e: (e["embodiment"], e["task"], e["episode"]))
-    return [float(e["success"]) for e in rows]
+def _outcomes(report: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
+    """0/1 success per episode, per (embodiment, task), in the episode order that is the same for every cell."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for e in sorted(report["episodes"], key=lambda e: (e["embodiment"], e["task"], e["episode"])):
+        out.setdefault((e["embodiment"], e["task"]), []).append(float(e["success"]))
+    return out
+
+
+def paired_diff(treatment: dict[str, Any], control: dict[str, Any]) -> Interval:
+    """Per-task-mean success of ``treatment`` minus ``control`` on the same episodes (the study's paired contrast)."""
+    a, b = _outcomes(treatment), _outcomes(control)
+    if a.keys() != b.keys() or any(len(a[k]) != len(b[k]) for k in a):
+        raise ValueError("the two cells were evaluated on different episodes")
+    tasks = sorted(a)
+    outcomes = [np.array([[a[k]], [b[k]]]) for k in tasks]  # (rows=2, seeds=1, episodes)
+    return contrast_interval(
+        outcomes, (1.0, -1.0), task_weights([len(a[k]) for k in tasks], per_task_mean=True)
+    )
 
 
 def summarise(args: argparse.Namespace, reports: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
@@ -180,8 +195,8 @@ def goals(args: argparse.Namespace, reports: dict[tuple[str, int], dict[str, Any
         rtc, replan_d = reports.get(("rtc", delay)), reports.get(("replan", delay))
         if rtc is None or base is None or replan_d is None:
             continue
-        vs_d0 = paired_bootstrap_diff({0: _outcomes(rtc)}, {0: _outcomes(base)})
-        vs_same = paired_bootstrap_diff({0: _outcomes(rtc)}, {0: _outcomes(replan_d)})
+        vs_d0 = paired_diff(rtc, base)
+        vs_same = paired_diff(rtc, replan_d)
         jump = _ratio(replan_d["overall"].get("max_boundary_jump"), rtc["overall"].get("max_boundary_jump"))
         out.append(
             {
@@ -198,7 +213,7 @@ def goals(args: argparse.Namespace, reports: dict[tuple[str, int], dict[str, Any
             rep = reports.get((mode, 0))
             if rep is None:
                 continue
-            diff = paired_bootstrap_diff({0: _outcomes(rep)}, {0: _outcomes(base)})
+            diff = paired_diff(rep, base)
             jerk = _ratio(base["overall"].get("rms_jerk"), rep["overall"].get("rms_jerk"))
             out.append(
                 {
