@@ -1117,7 +1117,9 @@ def _params() -> list:
     for case in FIXED + RANDOM:
         marks = [] if case.id in FAST_IDS else [pytest.mark.slow]
         if not FULL and case.id not in FAST_IDS and case.id not in sampled:
-            marks.append(pytest.mark.skip(reason="outside the default sample; ACTIONPRIOR_FUZZ_FULL=1 runs it"))
+            marks.append(
+                pytest.mark.skip(reason="outside the default sample; ACTIONPRIOR_FUZZ_FULL=1 runs it")
+            )
         params.append(pytest.param(case, id=case.id, marks=marks))
     return params
 
