@@ -16,13 +16,14 @@ from typing import Any, Literal
 
 import lightning as L
 
+from actionprior.checkpoint_file import load_checkpoint_file, read_payload
 from actionprior.data.loader import StreamLoader
 from actionprior.data.normalization import Normalizer
+from actionprior.data.reader import dataset_views, load_manifest, load_stats
 from actionprior.data.schema import DataError, Episode
 from actionprior.data.shards import ShardSource, View, iter_episodes, shard_source
 from actionprior.data.stats import merge_stats
 from actionprior.data.stream import WindowStream, default_camera_names
-from actionprior.data.writer import dataset_views, load_manifest, load_stats
 from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,6 @@ class ActionPriorDataModule(L.LightningDataModule):
 
     def _checkpoint_stats(self, stats: dict[str, Any], path: str, mode: str) -> dict[str, Any]:
         """``stats`` with the entries of the embodiments the checkpoint at ``path`` knows replaced by its own."""
-        from actionprior.checkpoint import load_checkpoint_file, read_payload
-
         payload = read_payload(load_checkpoint_file(path), str(path))
         stored = payload["normalization"]
         if stored.get("mode") != mode:

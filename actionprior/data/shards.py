@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from actionprior.data.location import contained, file_url, is_remote, open_local
+from actionprior.data.reader import load_manifest
 from actionprior.data.schema import (
     DataError,
     Episode,
@@ -28,7 +29,6 @@ from actionprior.data.schema import (
 )
 from actionprior.data.splits import Split, in_split
 from actionprior.data.tario import iter_tar_samples
-from actionprior.data.writer import load_manifest
 from actionprior.embodiments import EmbodimentRegistry
 
 View = Literal["trajectory", "observation"]

@@ -19,9 +19,16 @@ from typing import Any
 
 import webdataset as wds
 
-from actionprior.data import limits
-from actionprior.data.location import is_remote, open_file
-from actionprior.data.safe_json import loads_bounded, read_bounded
+from actionprior.data.location import open_file
+
+# The readers moved to reader.py; re-exported here for existing imports.
+from actionprior.data.reader import (  # noqa: F401
+    ALL_VIEWS,
+    dataset_views,
+    load_manifest,
+    load_stats,
+    read_dataset_json,
+)
 from actionprior.data.schema import (
     MANIFEST_FILE,
     OBS_PREFIX,
@@ -32,7 +39,6 @@ from actionprior.data.schema import (
     Episode,
     decode_trajectory,
     episode_to_samples,
-    manifest_problems,
 )
 from actionprior.data.stats import compute_stats, stats_fingerprint, stats_problems
 from actionprior.data.tario import iter_tar_samples
@@ -43,63 +49,6 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
-
-
-def read_dataset_json(location: str | Path, name: str, max_bytes: int) -> Any:
-    """Bounded JSON file ``name`` of a local or remote dataset (see :mod:`actionprior.data.location`)."""
-    where = f"{location}/{name}" if is_remote(location) else str(Path(location) / name)
-    try:
-        with open_file(location, name) as stream:
-            data = read_bounded(stream, where, max_bytes)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise DataError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    return loads_bounded(data, where, max_bytes)
-
-
-def load_manifest(directory: str | Path) -> dict[str, Any]:
-    """The validated manifest of the dataset at ``directory`` (a local directory or a user-written
-    template / URL base); shard names, episode entries and specs are checked before anything uses them."""
-    where = f"{directory}/{MANIFEST_FILE}"
-    try:
-        manifest = read_dataset_json(directory, MANIFEST_FILE, limits.MAX_MANIFEST_BYTES)
-    except FileNotFoundError:
-        raise DataError(f"{where}: no manifest; is '{directory}' a dataset written by actionprior?") from None
-    problems = manifest_problems(manifest)
-    if problems:
-        more = f" (and {len(problems) - 1} more; run `actionprior data check`)" if len(problems) > 1 else ""
-        raise DataError(f"{where}: {problems[0]}{more}")
-    return manifest
-
-
-ALL_VIEWS = ("trajectory", "observation")
-
-
-def dataset_views(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """The views a dataset can serve (both, unless its manifest says otherwise)."""
-    views = manifest.get("views", list(ALL_VIEWS))
-    if not isinstance(views, list) or not set(views) <= set(ALL_VIEWS) or "trajectory" not in views:
-        raise DataError(
-            f"manifest.json: 'views' must list 'trajectory' and optionally 'observation', got {views!r}"
-        )
-    return tuple(views)
-
-
-def load_stats(directory: str | Path) -> dict[str, Any]:
-    """The validated per-embodiment statistics of a dataset (finite, within the sanity cap, ordered)."""
-    where = f"{directory}/{STATS_FILE}"
-    fix = f"run `actionprior data stats {directory} --recompute`"
-    try:
-        payload = read_dataset_json(directory, STATS_FILE, limits.MAX_STATS_BYTES)
-    except FileNotFoundError:
-        raise DataError(f"{where}: no statistics; {fix}") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("embodiments"), dict):
-        raise DataError(f"{where}: must be an object with an 'embodiments' object; {fix}")
-    problems = stats_problems(payload["embodiments"])
-    if problems:
-        raise DataError(f"{where}: {problems[0]}; {fix}")
-    return payload["embodiments"]
 
 
 class DatasetWriter:

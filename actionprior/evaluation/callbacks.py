@@ -85,7 +85,7 @@ class OpenLoopActionError(L.Callback):
         """Replay ``episodes`` through a Policy around ``pl_module.model``; return the metrics."""
         normalizer = pl_module.normalizer
         registry = normalizer.registry
-        chunk_len = pl_module.model.prior.config.chunk_len
+        chunk_len = pl_module.model.chunk_len
         stride = self.stride or chunk_len
         # Created per run and never synchronised: only rank 0 replays episodes.
         model_mae = {n: MeanAbsoluteError(sync_on_compute=False) for n in registry.names}

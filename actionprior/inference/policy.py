@@ -4,7 +4,8 @@
 training used (it travels inside the checkpoint), builds the model's batch (docs/contracts.md) from one
 raw observation plus the history ring buffer, samples an action chunk, un-normalises it and executes it as
 its execution mode says (:class:`~actionprior.inference.base.BasePolicy`); in ``rtc`` mode the chunk is
-inpainted to continue the previous one (:meth:`~actionprior.models.action_prior.ActionPrior.sample_rtc`).
+inpainted to continue the previous one (the action head's ``sample_rtc``). The action head is reached only
+through the VLA and the protocol of :mod:`actionprior.models.action_head`.
 
 Sampling noise comes from a generator re-seeded on every ``reset()``, so an episode is reproducible and
 a server connection produces exactly the actions of an in-process policy with the same seed.
@@ -21,8 +22,8 @@ import torch
 from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.batch import BatchBuilder, to_torch
 from actionprior.data.normalization import Normalizer
+from actionprior.data.reader import load_stats
 from actionprior.data.schema import STATS_FILE
-from actionprior.data.writer import load_stats
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
 from actionprior.inference.execution import ChunkGuide, ExecutionConfig, check_coverage, default_replan_every
@@ -36,8 +37,6 @@ class PolicyCheckpointError(ValueError):
 
 
 class Policy(BasePolicy):
-    supports_guidance = True
-
     def __init__(
         self,
         model: torch.nn.Module,
@@ -54,13 +53,20 @@ class Policy(BasePolicy):
         execution: ExecutionConfig | None = None,
     ):
         """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised), and
-        for ``rtc`` execution also the ``guide=`` keyword (:class:`~actionprior.models.rtc.RTCGuide`).
+        for ``rtc`` execution ``can_guide`` true and the ``guide=`` keyword (:class:`~actionprior.models.rtc.RTCGuide`).
 
-        ``compile_decoder`` compiles the decoder's Euler loop (``torch.compile``; CUDA graphs on a GPU): opt-in,
-        since the first chunk then pays the compile time (tens of seconds)."""
+        ``compile_decoder`` compiles the action head's sampling loop (``torch.compile``; CUDA graphs on a GPU):
+        opt-in, since the first chunk then pays the compile time (tens of seconds)."""
+        self.supports_guidance = bool(getattr(model, "can_guide", False))
+        if (execution or ExecutionConfig()).mode == "rtc" and not self.supports_guidance:
+            head = type(getattr(model, "head", model)).__name__
+            raise ValueError(
+                f"the action head {head} has no guided sampling (sample_rtc), which rtc execution needs; "
+                "use --execution replan or ensemble"
+            )
         self.model = model.to(device).eval()
         if compile_decoder:
-            self.model.prior.compile_sampler()
+            self.model.compile_sampler()
         self.normalizer = normalizer
         self.registry = normalizer.registry
         self.chunk_len = chunk_len
@@ -144,7 +150,7 @@ class Policy(BasePolicy):
             stored.normalizer,
             camera_names,
             int(image_size),
-            chunk_len=vla.prior.config.chunk_len,
+            chunk_len=vla.chunk_len,
             history_len=int(history_len) if vla.use_history else 0,
             replan_every=replan_every,
             sample_steps=sample_steps,
@@ -226,7 +232,7 @@ def check_stats_fingerprint(normalizer: Normalizer, expected: str | Path | None,
     """Refuse a checkpoint whose statistics differ from ``expected``.
 
     ``expected`` is a fingerprint string, a dataset's ``stats.json`` or the dataset folder itself. The file is
-    read like training reads it (:func:`~actionprior.data.writer.load_stats`: bounded, validated) and normalised
+    read like training reads it (:func:`~actionprior.data.reader.load_stats`: bounded, validated) and normalised
     with the checkpoint's mode and registry, so the exact statistics a model was trained with are accepted.
     """
     if expected is None:

@@ -8,7 +8,7 @@ measures why, with the baseline built both ways:
 * ``no prior, decoder without zero init``: the same decoder with its zero-initialised layers given PyTorch's
   default Linear initialisation (a baseline head "whose initial predictions are far from zero").
 * ``prior, fresh z' head``: the Stage 1 decoder conditioned on the z' of an untrained head.
-* ``prior, z' head at mean latent``: the same with ``zhead_init=stage1_mean``.
+* ``prior, z' head at mean latent``: the same with ``latent_head_init=stage1_mean``.
 * ``prior, z' = z (oracle)``: the decoder conditioned on the encoder's latent of the true window, the floor
   ``L_align`` pulls towards.
 
@@ -79,7 +79,7 @@ def _pred_loss(module: VLAModule, batches: list[dict[str, Any]], oracle: bool = 
         vla = module.model
         z = vla.target_latent(batch) if oracle else vla.predict_latent(batch)
         mask, dims = batch["step_mask"].bool(), batch["action_dim_mask"].bool()
-        losses.append(float(vla.prior.flow_loss(z, batch["action"], mask, dims, batch["embodiment_id"])))
+        losses.append(float(vla.head.loss(z, batch["action"], mask, dims, batch["embodiment_id"])))
     return statistics.fmean(losses)
 
 
@@ -116,7 +116,7 @@ def _one_seed(stage1_ckpt: str, data: list[str], seed: int, batches: int) -> dic
 
     scratch = _module(dm, vla, prior, scratch=True, seed=seed)
     out["no prior, adaLN-zero decoder"] = _pred_loss(scratch, scored)
-    _undo_zero_init(scratch.model.prior.decoder)
+    _undo_zero_init(scratch.model.head.decoder)
     out["no prior, decoder without zero init"] = _pred_loss(scratch, scored)
 
     with_prior = _module(dm, vla, prior, scratch=False, seed=seed)

@@ -208,9 +208,9 @@ def init_from_settings(config: Any) -> str | None:
     if resume == "last":
         resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
     if resume and not config.data.get("stats_from") and Path(resume).is_file():
-        from actionprior.checkpoint import CHECKPOINT_KEY, load_checkpoint_file
+        from actionprior.checkpoint_file import load_checkpoint_file, read_payload
 
-        if (load_checkpoint_file(resume).get(CHECKPOINT_KEY) or {}).get("init_from"):
+        if read_payload(load_checkpoint_file(resume), resume).get("prior_source"):
             config.data.stats_from = resume
     return None
 
@@ -219,7 +219,7 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     """Give the Stage 2 module the action prior's settings when its config leaves ``prior`` unset: from the
     Stage 1 checkpoint, or when resuming without one, from the Stage 2 checkpoint being resumed. Returns the
     Stage 1 :class:`~actionprior.checkpoint.StoredCheckpoint` read (None without ``stage1_ckpt``)."""
-    from actionprior.checkpoint import load_checkpoint_file
+    from actionprior.checkpoint_file import load_checkpoint_file
     from actionprior.training.checkpoint_files import read_stage1_checkpoint
     from actionprior.training.configs import settings_dict
 
@@ -228,8 +228,11 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
         if not Path(stage1_ckpt).is_file():
             raise FileNotFoundError(f"--stage1_ckpt: no checkpoint file at '{stage1_ckpt}'")
         stage1 = read_stage1_checkpoint(stage1_ckpt)
-    if init_args.get("prior") is not None:
-        return stage1  # set in the config: the transfer callback checks it against the checkpoint
+    vla = init_args.get("vla")
+    head = vla.get("head") if hasattr(vla, "get") else getattr(vla, "head", None)
+    if init_args.get("prior") is not None or (head or "action_prior") != "action_prior":
+        # Set in the config (the transfer callback checks it against the checkpoint), or another action head.
+        return stage1
     if stage1 is not None:
         source, stored = stage1_ckpt, settings_dict(stage1.prior_config)
     elif resume_ckpt and Path(resume_ckpt).is_file():

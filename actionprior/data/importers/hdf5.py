@@ -28,16 +28,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from actionprior.data.images import MAX_FRAME_PIXELS, RESIZE_MODES, fit_image, image_record
 from actionprior.data.importers.common import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SHARD_EPISODES,
-    MAX_FRAME_PIXELS,
-    RESIZE_MODES,
     ImportFailure,
     Unit,
     check_contiguous,
-    fit_image,
-    image_record,
     make_episode,
     parse_episode_selection,
     plan_units,

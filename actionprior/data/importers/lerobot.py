@@ -26,15 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actionprior.data.images import RESIZE_MODES, fit_image, image_record
 from actionprior.data.importers.common import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SHARD_EPISODES,
-    RESIZE_MODES,
     ImportFailure,
     Unit,
     check_contiguous,
-    fit_image,
-    image_record,
     make_episode,
     parse_episode_selection,
     plan_units,

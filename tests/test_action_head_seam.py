@@ -1,0 +1,138 @@
+"""The action-head seam: a second head defined in one test file (tests/mlp_head.py) trains, checkpoints, exports
+and serves through the unchanged VLAModule, checkpoint code and Policy; what it lacks is refused in one line."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from mlp_head import MLPHeadConfig, MLPRegressionHead
+from policy_builders import raw_observation
+from vla_builders import TINY_PRIOR, loader, make_batch, normalization, registry
+
+from actionprior.checkpoint import CheckpointError, StoredCheckpoint
+from actionprior.inference.client import PolicyClient
+from actionprior.inference.execution import ExecutionConfig
+from actionprior.inference.export import export_policy
+from actionprior.inference.policy import Policy
+from actionprior.inference.server import PolicyServer
+from actionprior.models.action_head import ActionHead, can_guide, has_latent, head_type
+from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
+from actionprior.models.vla import VLAConfig
+from actionprior.training.vla_module import VLAModule
+
+MLP = MLPHeadConfig(cond_dim=16, hidden=32)
+
+
+def _module(**vla: object) -> VLAModule:
+    reg = registry()
+    torch.manual_seed(0)
+    settings = dict(backbone="tiny:qwen3_vl", num_queries=2, head_hidden=32, head="mlp_regression")
+    settings.update({"action_prior": "scratch", **vla})
+    return VLAModule(
+        vla=VLAConfig(**settings),  # type: ignore[arg-type]
+        head=MLP,  # type: ignore[arg-type]
+        chunk_len=4,
+        lr=3e-3,
+        lr_backbone=1e-4,
+        warmup_steps=0,
+        train_error_every_n_steps=0,
+        camera_names=["scene", "wrist"],
+        embodiments=reg.to_dicts(),
+        normalization=normalization(reg),
+    )
+
+
+def test_both_heads_satisfy_the_protocol_with_their_own_capabilities() -> None:
+    reg = registry()
+    prior = ActionPrior(ActionPriorConfig(**TINY_PRIOR).bind(reg, 4))
+    mlp = MLPRegressionHead(MLP.bind(reg, 4))
+    assert isinstance(prior, ActionHead) and isinstance(mlp, ActionHead)
+    assert (has_latent(prior), can_guide(prior)) == (True, True)
+    assert (has_latent(mlp), can_guide(mlp)) == (False, False)
+    assert head_type("mlp_regression").head_class is MLPRegressionHead
+    with pytest.raises(ValueError, match=r"unknown action head 'fast_tokens'; registered heads: \["):
+        head_type("fast_tokens")
+
+
+def test_a_second_head_trains_checkpoints_exports_and_serves(tmp_path) -> None:
+    module = _module()
+    assert type(module.model.head) is MLPRegressionHead and module.hparams["head"] == {
+        "cond_dim": 16,
+        "hidden": 32,
+    }
+    batch = make_batch(8, seed=1)
+    with torch.no_grad():
+        before = float(module.model.loss(batch, 0.0).pred)
+    trainer = L.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader(size=8, batch_size=4, seed=1))
+    with torch.no_grad():
+        after = float(module.model.loss(batch, 0.0).pred)
+    assert after < 0.5 * before, (before, after)  # it learnt the synthetic chunks
+
+    path = tmp_path / "mlp.ckpt"
+    trainer.save_checkpoint(path)
+    stored = StoredCheckpoint.read(path)
+    assert stored.stage == 2 and stored.head_name == "mlp_regression"
+    assert (
+        isinstance(stored.head_config, MLPHeadConfig)
+        and stored.head_config.action_dims == registry().action_dims
+    )
+    with pytest.raises(CheckpointError, match="its action head is 'mlp_regression', not the action prior"):
+        stored.prior_config  # noqa: B018
+
+    options = dict(image_size=32, history_len=0, seed=4)
+    policy = Policy.from_checkpoint(path, **options)
+    folder = export_policy(path, tmp_path / "exported")
+    exported = Policy.load(folder, **options)
+    chunk = (
+        module.model.to("cpu")
+        .eval()
+        .sample_actions(policy.build_batch(raw_observation("synth_arm4"), policy.history))
+    )
+    with (
+        PolicyServer(Policy.from_checkpoint(path, **options), port=0) as server,
+        PolicyClient(server.url) as client,
+    ):
+        for p in (policy, exported, client):
+            p.reset()
+        for step in range(6):
+            obs = raw_observation("synth_arm4", seed=step)
+            action = policy.act(obs)
+            np.testing.assert_array_equal(exported.act(obs), action)
+            np.testing.assert_array_equal(client.act(obs), action)
+            if step == 0:  # the trained head's chunk, un-normalised
+                first = policy.normalizer.unnormalize("synth_arm4", "action", chunk[0, 0, :4].numpy())
+                np.testing.assert_allclose(action, first, rtol=1e-5, atol=1e-5)
+
+
+def test_what_a_head_lacks_is_refused_in_one_line(tmp_path) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"vla.head 'mlp_regression' is not the Stage 1 action prior: set vla.action_prior: scratch",
+    ):
+        _module(action_prior="stage1")
+    with pytest.raises(ValueError, match=r"the history token needs an action head with a latent \(encode\)"):
+        _module(use_history=True)
+    with pytest.raises(ValueError, match="`prior` .* was set; give the head's settings under `head`"):
+        VLAModule(vla=VLAConfig(head="mlp_regression", action_prior="scratch"), prior=ActionPriorConfig())
+    module = _module()
+    with pytest.raises(ValueError, match=r"has no latent \(encode\)"):
+        module.model.loss(make_batch(2), aux_weight=0.5)
+    path = tmp_path / "mlp.ckpt"
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(
+        ValueError,
+        match="MLPRegressionHead has no guided sampling \\(sample_rtc\\), which rtc execution needs",
+    ):
+        Policy.from_checkpoint(path, image_size=32, execution=ExecutionConfig("rtc"))
+    with pytest.raises(ValueError, match="has no compiled sampler"):
+        Policy.from_checkpoint(path, image_size=32, compile_decoder=True)
+    checkpoint["actionprior"]["vla"]["config"]["head"] = "not_registered"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"malformed \(unknown action head 'not_registered'"):
+        StoredCheckpoint.read(path)
