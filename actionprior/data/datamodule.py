@@ -17,6 +17,7 @@ from typing import Any, Literal
 import lightning as L
 
 from actionprior.checkpoint_file import load_checkpoint_file, read_payload
+from actionprior.data.images import image_fit_of_manifests
 from actionprior.data.loader import StreamLoader
 from actionprior.data.normalization import Normalizer
 from actionprior.data.reader import dataset_views, load_manifest, load_stats
@@ -78,7 +79,8 @@ class ActionPriorDataModule(L.LightningDataModule):
         cache_mb: per-worker cache of decoded trajectory shards (trajectory view), so resampled shards are
             not parsed again; 0 disables it.
         seed: base seed; streams are seeded by (seed, rank, worker) (validation: its own fixed seed).
-        image_size: resize frames to this square size (observation view); None keeps stored size.
+        image_size: fit frames to this square size (observation view) as the datasets' import recorded it
+            (:mod:`actionprior.data.images`: pad or crop, keeping the aspect ratio); None keeps the stored size.
         camera_names: cameras in batch order; default: union of the embodiments' cameras.
         stats_from: a Stage 1 checkpoint being adapted (``--init_from`` sets it): the embodiments it knows
             keep its normalisation statistics, so the prior keeps its meaning; the others take the data's.
@@ -133,6 +135,12 @@ class ActionPriorDataModule(L.LightningDataModule):
                         f"{path}: a trajectory-only dataset (no obs-*.tar, collected with --no-images) cannot "
                         "feed Stage 2's observation view; list it in Stage 1's data.datasets only"
                     )
+        # How frames become image_size x image_size, recorded in the checkpoint for inference.
+        self.image_fit = (
+            image_fit_of_manifests(self.manifests.items(), image_size)
+            if image_size and view == "observation"
+            else None
+        )
         self._registry = registry_from_manifests(self.manifests)
         stats = merge_stats(load_stats(s.path) for s in self.sources)
         self.stats_origin = dict.fromkeys(self._registry.names, "data")
@@ -237,6 +245,7 @@ class ActionPriorDataModule(L.LightningDataModule):
             seed=self.seed if split == "train" else self.seed + 1_000_003,
             camera_names=self._camera_names,
             image_size=self.image_size,
+            image_fit=self.image_fit,
         )
 
     def train_dataloader(self) -> StreamLoader:

@@ -98,7 +98,9 @@ class ImageFit:
             )
         for camera, hw in dict(self.source_sizes).items():
             if not _is_size(hw):
-                problems.append(f"source_sizes['{show(camera)}'] must be [height, width] > 0, got {show(hw)}")
+                problems.append(
+                    f"source_sizes[{show(str(camera))}] must be [height, width] > 0, got {str(hw)[:60]}"
+                )
         if problems:
             raise ValueError("invalid image contract: " + "; ".join(problems))
 
@@ -204,8 +206,8 @@ def image_fit_of_manifests(manifests: Iterable[tuple[str, Mapping[str, Any]]], s
         for camera, hw in recorded.items():
             if not _is_size(hw):
                 raise DataError(
-                    f"{where}/manifest.json: import.image.source_sizes['{show(camera)}'] must be [height, width], "
-                    f"got {show(hw)}"
+                    f"{where}/manifest.json: import.image.source_sizes[{show(str(camera))}] must be [height, width], "
+                    f"got {str(hw)[:60]}"
                 )
             sizes.setdefault(str(camera), (int(hw[0]), int(hw[1])))
     if len(set(modes.values())) > 1:

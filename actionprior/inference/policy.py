@@ -7,12 +7,17 @@ its execution mode says (:class:`~actionprior.inference.base.BasePolicy`); in ``
 inpainted to continue the previous one (the action head's ``sample_rtc``). The action head is reached only
 through the VLA and the protocol of :mod:`actionprior.models.action_head`.
 
+Camera frames come at their native size: the batch contract fits them with the image contract the checkpoint
+records (size, pad or crop, interpolation; :mod:`actionprior.data.images`); a frame of another aspect ratio
+than training's is fitted too, with one warning line per camera and frame size.
+
 Sampling noise comes from a generator re-seeded on every ``reset()``, so an episode is reproducible and
 a server connection produces exactly the actions of an in-process policy with the same seed.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ import torch
 
 from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.batch import BatchBuilder, to_torch
+from actionprior.data.images import ImageFit
 from actionprior.data.normalization import Normalizer
 from actionprior.data.reader import load_stats
 from actionprior.data.schema import STATS_FILE
@@ -30,6 +36,8 @@ from actionprior.inference.execution import ChunkGuide, ExecutionConfig, check_c
 from actionprior.inference.export import read_exported
 from actionprior.inference.observation import ObservationSpec
 from actionprior.models.rtc import RTCGuide
+
+log = logging.getLogger(__name__)
 
 
 class PolicyCheckpointError(ValueError):
@@ -51,12 +59,14 @@ class Policy(BasePolicy):
         seed: int = 0,
         compile_decoder: bool = False,
         execution: ExecutionConfig | None = None,
+        image_fit: ImageFit | None = None,
     ):
         """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised), and
         for ``rtc`` execution ``can_guide`` true and the ``guide=`` keyword (:class:`~actionprior.models.rtc.RTCGuide`).
 
         ``compile_decoder`` compiles the action head's sampling loop (``torch.compile``; CUDA graphs on a GPU):
-        opt-in, since the first chunk then pays the compile time (tens of seconds)."""
+        opt-in, since the first chunk then pays the compile time (tens of seconds). ``image_fit``: how frames are
+        fitted to ``image_size`` (default: pad, area filter, trained on square frames)."""
         self.supports_guidance = bool(getattr(model, "can_guide", False))
         if (execution or ExecutionConfig()).mode == "rtc" and not self.supports_guidance:
             head = type(getattr(model, "head", model)).__name__
@@ -76,8 +86,14 @@ class Policy(BasePolicy):
         execution = execution or ExecutionConfig()
         replan_every = replan_every or default_replan_every(execution.mode, chunk_len)
         check_coverage(chunk_len, replan_every, execution.delay_steps)
+        self.image_fit = image_fit or ImageFit(image_size)
+        if self.image_fit.size != image_size:
+            raise ValueError(f"image_fit.size {self.image_fit.size} differs from image_size {image_size}")
+        self._aspect_noted: set[tuple[str, int, int]] = set()
         spec = ObservationSpec(self.registry, tuple(camera_names), image_size)
-        self.batches = BatchBuilder(self.registry, normalizer, chunk_len, history_len, camera_names)
+        self.batches = BatchBuilder(
+            self.registry, normalizer, chunk_len, history_len, camera_names, self.image_fit
+        )
         super().__init__(spec, replan_every=replan_every, history_len=history_len, execution=execution)
 
     @classmethod
@@ -117,7 +133,9 @@ class Policy(BasePolicy):
         """Rebuild the VLA with its embodiments, normaliser and camera order.
 
         ``expected_stats`` (a fingerprint or a ``stats.json``) makes the policy refuse a checkpoint trained
-        on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks.
+        on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks; frames
+        are fitted as the checkpoint's image contract says (``vla.image``; pad with the area filter when it
+        has none).
         """
         source = stored.source
         try:
@@ -140,6 +158,17 @@ class Policy(BasePolicy):
                     f"{source} uses history but does not record history_len; pass history_len="
                 )
             history_len = 0
+        recorded = settings.get("image")
+        try:
+            fit = (
+                ImageFit.from_dict(recorded, f"{source}: vla.image")
+                if recorded
+                else ImageFit(int(image_size))
+            )
+        except ValueError as exc:  # a DataError: the checkpoint is untrusted input
+            raise PolicyCheckpointError(str(exc)) from None
+        if fit.size != int(image_size):
+            fit = ImageFit(int(image_size), fit.resize, fit.interpolation, fit.source_sizes)
         camera_names = settings.get("camera_names")
         if not camera_names:
             raise PolicyCheckpointError(
@@ -158,6 +187,7 @@ class Policy(BasePolicy):
             seed=seed,
             compile_decoder=compile_decoder,
             execution=execution,
+            image_fit=fit,
         )
 
     # ------------------------------------------------------------------ state
@@ -170,6 +200,13 @@ class Policy(BasePolicy):
         """The model batch (B=1) for a validated raw observation: the training contract's
         (:class:`~actionprior.data.batch.BatchBuilder`), normalised and padded like training."""
         states, actions = history.recent()
+        for cam, frame in observation["images"].items():
+            h, w = np.shape(frame)[:2]
+            if (cam, h, w) not in self._aspect_noted:
+                self._aspect_noted.add((cam, h, w))
+                note = self.image_fit.aspect_note(cam, h, w)
+                if note:
+                    log.warning(note)
         batch = self.batches.observation(
             observation["embodiment"],
             observation["state"],

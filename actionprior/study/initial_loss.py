@@ -30,22 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.datamodule import ActionPriorDataModule, DatasetSource
 from actionprior.models.vla import VLAConfig
-from actionprior.resources import default_config_arg, resolve_config_arg
+from actionprior.resources import default_config_arg
 from actionprior.study.plan import INITIAL_LOSS_VARIANTS as VARIANTS
 from actionprior.study.plan import mixture
 from actionprior.training.configs import settings_dict
+from actionprior.training.lightning_cli import read_stage_config
 from actionprior.training.transfer import ActionPriorTransfer, mean_stage1_latent
 from actionprior.training.vla_module import VLAModule
 
 
 def _stage2_settings() -> tuple[dict[str, Any], dict[str, Any]]:
-    config = yaml.safe_load(Path(resolve_config_arg(default_config_arg("stage2.yaml"))).read_text())
+    """stage2.yaml's VLA and data settings, as the CLI parses them."""
+    config = read_stage_config(default_config_arg("stage2.yaml"))
     return config["model"]["init_args"]["vla"], config["data"]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,40 @@ def show_info_logs() -> None:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
+
+
+class _ConfigReader(ActionPriorCLI):
+    """The CLI up to parsing: the same parser, defaults, links and checks, but nothing is seeded, read or built."""
+
+    def _set_seed(self) -> None:  # parsing a config must not reseed the caller's global RNGs
+        return
+
+    def before_instantiate_classes(self) -> None:
+        return
+
+    def instantiate_classes(self) -> None:
+        return
+
+
+def read_stage_config(*configs: str | Path, args: Sequence[str] = ()) -> dict[str, Any]:
+    """A stage's settings as ``actionprior fit -c CONFIG ... ARGS`` would parse them (the CLI's own parser: its
+    defaults, ``data.chunk_len`` linked into the model, unknown keys refused), as plain dicts, with nothing
+    instantiated: no dataset is read, no model built. For code that needs a stage config (benchmarks, the study).
+    ``configs`` may be paths or ``actionprior:<name>`` (a shipped config)."""
+    from actionprior.data.datamodule import ActionPriorDataModule
+    from actionprior.resources import resolve_config_arg
+
+    argv = [f"--config={resolve_config_arg(str(c))}" for c in configs] + list(args)
+    reader = _ConfigReader(
+        model_class=LightningModule,
+        subclass_mode_model=True,
+        datamodule_class=ActionPriorDataModule,
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
+        args=argv,
+        run=False,
+    )
+    return reader.config.as_dict()
 
 
 def run(argv: list[str] | None = None) -> None:

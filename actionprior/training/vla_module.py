@@ -35,6 +35,7 @@ from actionprior.checkpoint import (
     checkpoint_payload,
     data_contract,
 )
+from actionprior.data.images import ImageFit
 from actionprior.models.action_prior import ActionPriorConfig
 from actionprior.models.vla import VLAConfig
 from actionprior.training.action_scaling import ActionScaler
@@ -140,6 +141,7 @@ class VLAModule(L.LightningModule):
         self.camera_names = list(camera_names) if camera_names is not None else None
         # What inference must reproduce of the data pipeline; filled from the DataModule in setup().
         self.image_size: int | None = None
+        self.image_fit: ImageFit | None = None
         self.history_len: int | None = None
         self.scaler = ActionScaler(self.normalizer, self.registry.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
@@ -179,6 +181,7 @@ class VLAModule(L.LightningModule):
                 "drop model.init_args.camera_names or set data.camera_names to the same order"
             )
         self.image_size = getattr(datamodule, "image_size", None)
+        self.image_fit = getattr(datamodule, "image_fit", None)
         self.history_len = getattr(datamodule, "history_len", None)
 
     # ------------------------------------------------------------------ steps
@@ -301,6 +304,7 @@ class VLAModule(L.LightningModule):
             "config": self.vla_config.to_dict(),
             "camera_names": self.camera_names,
             "image_size": self.image_size,
+            "image": self.image_fit.to_dict() if self.image_fit is not None else None,
             "history_len": self.history_len,
             "backbone_spec": self.model.backbone.export_spec(),
         }

@@ -24,17 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from actionprior.data.schema import MANIFEST_FILE, DataError, Episode
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
+from actionprior.progress import progress_bar
 
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_SHARD_EPISODES = 10
@@ -240,15 +233,7 @@ def run_import(
         )
     writer.manifest["import"] = record
     todo = [u for u in units if not writer.has_shard(u.name)]
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("frames"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(console, "frames") as progress:
         bar = progress.add_task(
             f"import {out.name}", total=total_frames, completed=total_frames - sum(u.frames for u in todo)
         )

@@ -260,11 +260,14 @@ def plan(
                 mapping.append((short.strip(), key.strip()))
         else:
             mapping = [(k.removesuffix("_image"), k) for k in obs_keys if k.endswith("_image")]
-        for _, key in mapping:
+        native: dict[str, tuple[int, int]] = {}
+        for short, key in mapping:
             if key not in obs_keys:
                 raise ImportFailure(
                     f"{path}: {first.name}: camera obs '{key}' missing (obs keys: {obs_keys})"
                 )
+            if len(obs[key].shape) == 4:  # [T, H, W, 3]: checked per episode when it is read
+                native[short] = (int(obs[key].shape[1]), int(obs[key].shape[2]))
         rate = fps or (env_args.get("env_kwargs") or {}).get("control_freq")
         if not isinstance(rate, (int, float)) or rate <= 0:
             raise ImportFailure(f"{path}: no control_freq in env_args; pass --fps")
@@ -283,7 +286,7 @@ def plan(
                         f"{path}: {demos[i]}: no language instruction in the file's attributes; pass --instruction"
                     )
     name = embodiment or slug(f"hdf5_{env_name or path.stem}")
-    image = image_record(image_size, resize)  # type: ignore[arg-type]
+    image = image_record(image_size, resize, native)  # type: ignore[arg-type]
     shorts = [s for s, _ in mapping]
     sim = {
         "source": "robomimic_hdf5",

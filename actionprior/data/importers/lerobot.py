@@ -404,7 +404,8 @@ def plan(
     selected = parse_episode_selection(episodes, sorted(refs), meta_where)
 
     name = embodiment or slug(str(info.get("robot_type") or "")) or slug(f"lerobot_{root.name}")
-    image = image_record(image_size, resize)  # type: ignore[arg-type]
+    native = {short: _feature_hw(features[key]) for short, key in mapping}
+    image = image_record(image_size, resize, {k: hw for k, hw in native.items() if hw})  # type: ignore[arg-type]
     sim = {
         "source": "lerobot",
         "image": image,
@@ -472,6 +473,19 @@ def plan(
         "embodiment": spec.to_dict(),
     }
     return source, units, spec, record
+
+
+def _feature_hw(feature: dict[str, Any]) -> tuple[int, int] | None:
+    """A camera feature's native ``(height, width)`` from info.json (None when it does not say): its ``names``
+    place height and width, else the shape is ``[h, w, c]`` (LeRobot's layout) or ``[c, h, w]``."""
+    shape, names = feature.get("shape"), feature.get("names")
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(x, int) and x > 0 for x in shape):
+        return None
+    if isinstance(names, list) and "height" in names and "width" in names and len(names) == 3:
+        return shape[names.index("height")], shape[names.index("width")]
+    if shape[2] in (1, 3):
+        return shape[0], shape[1]
+    return (shape[1], shape[2]) if shape[0] in (1, 3) else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
