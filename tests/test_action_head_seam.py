@@ -54,6 +54,10 @@ def test_both_heads_satisfy_the_protocol_with_their_own_capabilities() -> None:
     assert head_type("mlp_regression").head_class is MLPRegressionHead
     with pytest.raises(ValueError, match=r"unknown action head 'fast_tokens'; registered heads: \["):
         head_type("fast_tokens")
+    # A config (trusted) may name the module that registers its head; a stored config (untrusted) may not.
+    assert VLAConfig(head="mlp_head:mlp_regression", action_prior="scratch").head == "mlp_regression"
+    with pytest.raises(ValueError, match="names its action head by its registered name, got 'os:system'"):
+        VLAConfig.from_dict({"head": "os:system"})
 
 
 def test_a_second_head_trains_checkpoints_exports_and_serves(tmp_path) -> None:
@@ -136,3 +140,63 @@ def test_what_a_head_lacks_is_refused_in_one_line(tmp_path) -> None:
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match=r"malformed \(unknown action head 'not_registered'"):
         StoredCheckpoint.read(path)
+
+
+def _as_format_2(checkpoint: dict) -> dict:
+    """A checkpoint dict as the code before the head seam wrote it (format 2)."""
+    old = {**checkpoint, "actionprior": dict(checkpoint["actionprior"])}
+    payload = old["actionprior"]
+    source = payload.pop("prior_source")
+    if "vla" in payload:
+        payload["vla"] = {**payload["vla"], "prior_source": source}
+        payload["vla"].pop("image")
+        payload["vla"]["config"] = {k: v for k, v in payload["vla"]["config"].items() if k != "head"}
+        old["state_dict"] = {
+            k.replace("model.head.", "model.prior."): v for k, v in old["state_dict"].items()
+        }
+    else:
+        payload["init_from"] = source
+    payload["format_version"] = 2
+    return old
+
+
+def test_format_2_checkpoints_load_act_and_resume_as_before(tmp_path) -> None:
+    from policy_builders import write_tiny_checkpoint
+
+    new = write_tiny_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(new, weights_only=True)
+    checkpoint["actionprior"]["prior_source"] = "runs/stage1/last.ckpt"
+    torch.save(checkpoint, new)
+    old = tmp_path / "old.ckpt"
+    torch.save(_as_format_2(checkpoint), old)
+    assert any(k.startswith("model.prior.") for k in torch.load(old, weights_only=True)["state_dict"])
+    stored = StoredCheckpoint.read(old)
+    assert stored.payload["format_version"] == 3 and stored.prior_source == "runs/stage1/last.ckpt"
+    assert (
+        stored.head_name == "action_prior" and stored.prior_config == StoredCheckpoint.read(new).prior_config
+    )
+    a, b = (Policy.from_checkpoint(p, image_size=32, history_len=3, seed=2) for p in (new, old))
+    for p in (a, b):
+        p.reset()
+    for step in range(5):
+        obs = raw_observation("synth_arm7", seed=step)
+        np.testing.assert_array_equal(a.act(obs), b.act(obs))
+    # Resuming: the module's checkpoint hook upgrades the dict before Lightning loads its weights.
+    resumed = torch.load(old, weights_only=True)
+    module = VLAModule(
+        vla=VLAConfig(backbone="tiny:qwen3_vl", head_hidden=32, use_history=True),
+        prior=ActionPriorConfig(**TINY_PRIOR),
+        chunk_len=4,
+        camera_names=["scene", "wrist"],
+        embodiments=stored.registry.to_dicts(),
+        normalization=stored.normalizer.to_dict(),
+    )
+    module.on_load_checkpoint(resumed)
+    module.load_state_dict(resumed["state_dict"])
+    assert module.prior_source == "runs/stage1/last.ckpt"
+    # A Stage 1 checkpoint of format 2 recorded --init_from as init_from.
+    stage1 = {"state_dict": {}, "actionprior": {**checkpoint["actionprior"], "prior_source": "base.ckpt"}}
+    stage1["actionprior"].pop("vla")
+    legacy = _as_format_2(stage1)
+    assert legacy["actionprior"]["init_from"] == "base.ckpt"
+    assert StoredCheckpoint.from_dict(legacy, "legacy").prior_source == "base.ckpt"

@@ -28,6 +28,7 @@ attention, which is equivalent to leaving it out of the sequence.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -75,6 +76,8 @@ class VLAConfig:
             Training refuses to start when this choice and the given checkpoint disagree.
         head: the registered name of the action head (:mod:`actionprior.models.action_head`); its settings
             are ``model.init_args.prior`` for ``action_prior`` (the default), ``model.init_args.head`` otherwise.
+            ``module:name`` imports ``module`` first (the file that registers a head of your own; a config is
+            trusted) and keeps ``name``; a stored config (a checkpoint) must give the bare name.
     """
 
     backbone: str = "tiny:qwen3_vl"
@@ -90,6 +93,9 @@ class VLAConfig:
     head: str = "action_prior"
 
     def __post_init__(self) -> None:
+        if ":" in self.head:  # a user's config: import the module that registers the head
+            module, _, self.head = self.head.partition(":")
+            importlib.import_module(module)
         problems = []
         if self.history_mode not in HISTORY_MODES:
             problems.append(f"history_mode must be one of {HISTORY_MODES}, got '{self.history_mode}'")
@@ -107,6 +113,12 @@ class VLAConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VLAConfig:
         refuse_unknown_keys(cls, data)
+        if ":" in str(
+            data.get("head", "")
+        ):  # stored configs are untrusted: they never choose a module to import
+            raise ValueError(
+                f"a stored VLA config names its action head by its registered name, got {data['head']!r}"
+            )
         # Checkpoints and exports written before the state token existed were trained without it.
         return cls(**{"use_state": False, **data})
 

@@ -56,7 +56,7 @@ class Preset:
     stage1_steps: int
     stage2_steps: int
     early_step: int  # the fixed early step of the data-scaling comparison
-    decay_fraction: float  # lambda reaches 0 at this fraction of Stage 2 (paper: 5k of 50k steps)
+    decay_fraction: float  # aux_weight (the paper's lambda) reaches 0 at this fraction of Stage 2 (paper: 5k of 50k steps)
     seeds: tuple[int, ...]  # Stage 2 training seeds
     eval_rich_episodes: int  # per data-rich task and training seed
     eval_scarce_episodes: int  # per Panda task and training seed (0: derived from scarce_half_width)

@@ -155,7 +155,7 @@ class VLAModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         # The no-prior choice is the model's, not only the callback's: a prior run whose prior was never loaded
-        # would otherwise train with a random decoder and lambda annealing towards a random encoder.
+        # would otherwise train with a random decoder and aux_weight annealing towards a random encoder.
         if self.vla_config.action_prior == "stage1" and self.prior_source is None:
             raise ValueError(
                 "VLAModule: vla.action_prior is 'stage1' but no Stage 1 weights were loaded: pass --stage1_ckpt "

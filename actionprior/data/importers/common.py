@@ -268,6 +268,56 @@ def run_import(
     )
 
 
+def camera_mapping(
+    text: str | None, available: Sequence[str], default: dict[str, str], where: str, what: str
+) -> list[tuple[str, str]]:
+    """``(short name, source key)`` of each imported camera: ``--cameras short=key,...`` or, without it, the
+    ``default`` (key -> short name). Keys must be among ``available`` (``what`` names them in messages), short
+    names plain (letters, digits, ``_``) and distinct."""
+    if text:
+        mapping = []
+        for part in text.split(","):
+            short, sep, key = (x.strip() for x in part.partition("="))
+            if not sep or not short or not key:
+                raise ImportFailure(f"--cameras: expected short=key, got '{part}'")
+            mapping.append((short, key))
+    else:
+        mapping = [(short, key) for key, short in default.items()]
+    for short, key in mapping:
+        if key not in available:
+            raise ImportFailure(f"{where}: {what} '{key}' not found ({what}s: {sorted(available)})")
+        if short_name(short) != short:
+            raise ImportFailure(f"--cameras: camera name '{short}' may hold only letters, digits and '_'")
+    shorts = [s for s, _ in mapping]
+    if len(set(shorts)) != len(shorts):
+        raise ImportFailure(f"{where}: camera short names {shorts} collide; name them with --cameras")
+    return mapping
+
+
+def import_record(
+    fmt: str,
+    source: str,
+    episodes: Sequence[int],
+    shard_episodes: int,
+    image: dict[str, Any],
+    cameras: dict[str, str],
+    spec: EmbodimentSpec,
+    **details: Any,
+) -> dict[str, Any]:
+    """The manifest's ``import`` entry: what was imported, how (``details``: the format's own choices), into
+    which spec; a resumed import must have the same one."""
+    return {
+        "format": fmt,
+        "source": source,
+        "episodes": list(episodes),
+        "shard_episodes": shard_episodes,
+        "image": image,
+        "cameras": cameras,
+        **details,
+        "embodiment": spec.to_dict(),
+    }
+
+
 def spec_yaml(spec: EmbodimentSpec) -> str:
     header = (
         f"# Embodiment spec written by `actionprior data import` for {spec.name}.\n"
