@@ -112,7 +112,7 @@ def default_policy(
         module.normalizer,
         cameras,
         image_size,
-        chunk_len=module.prior_config.chunk_len,
+        chunk_len=module.head_config.chunk_len,
         history_len=history_len if init["vla"].get("use_history") else 0,
         device=device,
     )

@@ -3,6 +3,8 @@ and serves through the unchanged VLAModule, checkpoint code and Policy; what it 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
@@ -200,3 +202,34 @@ def test_format_2_checkpoints_load_act_and_resume_as_before(tmp_path) -> None:
     legacy = _as_format_2(stage1)
     assert legacy["actionprior"]["init_from"] == "base.ckpt"
     assert StoredCheckpoint.from_dict(legacy, "legacy").prior_source == "base.ckpt"
+
+
+def test_the_cli_trains_a_head_named_by_its_module(tmp_path) -> None:
+    """`actionprior fit` with vla.head mlp_head:mlp_regression and the head's settings under model.init_args.head."""
+    from actionprior.data.synthetic import write_synthetic_dataset
+    from actionprior.training.lightning_cli import run
+
+    data, root = tmp_path / "data", tmp_path / "s2"
+    write_synthetic_dataset(data, episodes_per_embodiment=2, image_size=32)
+    stage2 = Path(__file__).resolve().parents[1] / "configs" / "stage2.yaml"
+    run(["fit", "-c", str(stage2), "--data.datasets", f"[{{path: {data}}}]", "--data.chunk_len", "4",
+         "--data.history_len", "2", "--data.batch_size", "2", "--data.num_workers", "0", "--data.val_fraction", "0",
+         "--data.image_size", "32", "--data.shuffle_buffer", "8", "--trainer.max_steps", "2",
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
+         "--trainer.logger.init_args.save_dir", str(root), "--model.init_args.vla.head", "mlp_head:mlp_regression",
+         "--model.init_args.vla.action_prior", "scratch", "--model.init_args.vla.num_queries", "1",
+         "--model.init_args.vla.head_hidden", "16", "--model.init_args.head", "{cond_dim: 8, hidden: 16}"])  # fmt: skip
+    stored = StoredCheckpoint.read(root / "checkpoints" / "last.ckpt")
+    assert stored.head_name == "mlp_regression" and (
+        stored.head_config.cond_dim,
+        stored.head_config.hidden,
+    ) == (8, 16)
+    assert stored.vla_settings["image"] == {
+        "size": 32,
+        "resize": "pad",
+        "interpolation": "area",
+        "source_sizes": {},
+    }
+    policy = Policy.from_stored(stored)  # image size and history length come from the checkpoint
+    policy.reset()
+    assert policy.act(raw_observation("synth_arm8")).shape == (8,)
