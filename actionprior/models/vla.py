@@ -113,9 +113,8 @@ class VLAConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VLAConfig:
         refuse_unknown_keys(cls, data)
-        if ":" in str(
-            data.get("head", "")
-        ):  # stored configs are untrusted: they never choose a module to import
+        # A stored config is untrusted: it never chooses a module to import.
+        if ":" in str(data.get("head", "")):
             raise ValueError(
                 f"a stored VLA config names its action head by its registered name, got {data['head']!r}"
             )
