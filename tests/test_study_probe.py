@@ -80,7 +80,7 @@ def test_latent_head_init_is_validated_and_its_old_name_still_accepted(caplog):
     with caplog.at_level("WARNING", logger="actionprior.training.transfer"):
         old = ActionPriorTransfer(zhead_init="stage1_mean", zhead_init_batches=2)
     assert (old.latent_head_init, old.latent_head_init_batches) == ("stage1_mean", 2)
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [
         "ActionPriorTransfer: zhead_init is deprecated, use latent_head_init (same meaning)",
         "ActionPriorTransfer: zhead_init_batches is deprecated, use latent_head_init_batches (same meaning)",
