@@ -1,21 +1,19 @@
-"""Checkpoints: what they carry besides weights, how they are read and checked, and models built from them.
+"""Checkpoints: what they carry besides weights, how they are checked, and the models built from them.
 
 Torch only (no Lightning), so that inference never imports the training stack. ``checkpoint["actionprior"]``
-(the *payload*) holds the embodiment specs, the normalisation statistics with their fingerprint and the action
-prior's configuration; a Stage 2 checkpoint adds a ``vla`` entry (the :class:`~actionprior.models.vla.VLAConfig`,
-camera order, image size, history length, where the prior came from, and the backbone *spec*: the text of the
-files ``save_pretrained`` writes, so the backbone rebuilds with no hub). A mismatch (other robots, dims,
-statistics or architecture) fails loudly, naming it.
+(the *payload*) holds the embodiment specs, the normalisation statistics with their fingerprint, the action
+head's configuration (``model_config``; the action prior's in Stage 1) and where a prior came from
+(``prior_source``); a Stage 2 checkpoint adds a ``vla`` entry (the :class:`~actionprior.models.vla.VLAConfig`,
+whose ``head`` names the registered action head, camera order, image contract, history length, and the
+backbone *spec*: the text of the files ``save_pretrained`` writes, so the backbone rebuilds with no hub). A
+mismatch (other robots, dims, statistics or architecture) fails loudly, naming it.
 
-A checkpoint file is read once (:func:`read_checkpoint`) into a :class:`StoredCheckpoint`, from which the
-settings, the compatibility checks and the models are all taken.
+A checkpoint file is read once (:meth:`StoredCheckpoint.read`, through :mod:`actionprior.checkpoint_file`) into a
+:class:`StoredCheckpoint`, from which the settings, the compatibility checks and the models are all taken.
 """
 
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +21,21 @@ from typing import Any
 
 import torch
 
+# The file layer (reading, format versions) lives in checkpoint_file.py; its names are re-exported here.
+from actionprior.checkpoint_file import (  # noqa: F401
+    CHECKPOINT_KEY,
+    FORMAT_VERSION,
+    MODEL_PREFIX,
+    CheckpointError,
+    load_checkpoint_file,
+    read_payload,
+    verify_zip_checksums,
+)
 from actionprior.data.normalization import Normalizer
 from actionprior.embodiments import EmbodimentRegistry
+from actionprior.models.action_head import head_type
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
 from actionprior.models.adaptation import adaptation_problems
-
-CHECKPOINT_KEY = "actionprior"
-FORMAT_VERSION = 2
-# Where the LightningModules keep their nn.Module: the state_dict prefix of the model's weights.
-MODEL_PREFIX = "model."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or used: not a checkpoint, another stage, or incompatible."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -43,11 +43,13 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def checkpoint_payload(
-    config: ActionPriorConfig,
+    config: Any,
     registry: EmbodimentRegistry,
     normalizer: Normalizer,
     vla: Mapping[str, Any] | None = None,
+    prior_source: str | None = None,
 ) -> dict[str, Any]:
+    """The payload of a checkpoint: ``config`` is the bound head config (the action prior's in Stage 1)."""
     payload = {
         "format_version": FORMAT_VERSION,
         "model_config": config.to_dict(),
@@ -55,6 +57,7 @@ def checkpoint_payload(
         "embodiment_fingerprint": registry.fingerprint(),
         "normalization": normalizer.to_dict(),
         "normalization_fingerprint": normalizer.fingerprint,
+        "prior_source": prior_source,
     }
     if vla is not None:
         payload["vla"] = dict(vla)
@@ -65,7 +68,7 @@ def compatibility_problems(
     stored: Mapping[str, Any],
     registry: EmbodimentRegistry | None = None,
     normalizer: Normalizer | None = None,
-    config: ActionPriorConfig | Mapping[str, Any] | None = None,
+    config: Any = None,
     config_keys: tuple[str, ...] | None = None,
 ) -> list[str]:
     """Differences between a stored payload and what the caller has; empty when compatible.
@@ -94,7 +97,7 @@ def compatibility_problems(
             )
     if config is not None:
         mine_cfg = dict(stored["model_config"])
-        theirs_cfg = config.to_dict() if isinstance(config, ActionPriorConfig) else dict(config)
+        theirs_cfg = dict(config) if isinstance(config, Mapping) else config.to_dict()
         for key in config_keys or sorted(set(mine_cfg) | set(theirs_cfg)):
             if mine_cfg.get(key) != theirs_cfg.get(key):
                 problems.append(
@@ -151,116 +154,6 @@ def check_adaptable(
         )
 
 
-def read_payload(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
-    payload = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(payload, Mapping):
-        raise CheckpointError(
-            f"{source} has no '{CHECKPOINT_KEY}' entry: it is not an actionprior checkpoint "
-            f"(top-level keys: {sorted(map(str, checkpoint))[:10]})"
-        )
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{source}: checkpoint format version {version}, this code reads {FORMAT_VERSION}"
-        )
-    return dict(payload)
-
-
-def load_checkpoint_file(
-    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
-) -> dict[str, Any]:
-    """The checkpoint dict of a file, or one line saying why it is not one (no unpickling of code).
-
-    A file that is read (not mapped) has every member's CRC-32 checked first: torch's reader does not, so a
-    flipped bit in a weight would otherwise load silently and change every action.
-    ``mmap=True`` maps the tensors instead of reading them: for checks that need only the metadata of a
-    checkpoint that Lightning itself reads afterwards (a resumed run), so a 2B-parameter file is not read twice.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)")
-    if zipfile.is_zipfile(path):
-        if not mmap:
-            verify_zip_checksums(path)
-    else:
-        _refuse_non_zip(path, mmap)
-    try:
-        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: {_weights_only_refusal(str(exc))}") from None
-    except EOFError:
-        raise CheckpointError(f"{path}: not a readable checkpoint (the file ends early: truncated)") from None
-    except (RuntimeError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        # The first sentence: torch's zip errors go on for lines about how the file might have got corrupted.
-        reason = (
-            str(exc).strip().splitlines()[0].split(". ")[0][:200] if str(exc).strip() else type(exc).__name__
-        )
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
-    return checkpoint
-
-
-def _refuse_non_zip(path: Path, mmap: bool) -> None:
-    """Say what a file that is not a zip archive (what ``torch.save`` writes) is, rather than torch's advice
-    about mmap and re-saving: random bytes are not a checkpoint to re-save. A bare pickle (a legacy torch
-    file) goes on to the weights-only reader unless it was to be mapped."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:  # pickles (protocol 2+) start with PROTO n
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (neither the zip archive torch.save writes nor a pickle: "
-            "random bytes or another kind of file)"
-        )
-    if mmap:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (a bare pickle, not the zip archive torch.save writes: a "
-            "legacy torch file or not a checkpoint at all)"
-        )
-
-
-MAX_ZIP_MEMBERS = 1_000_000  # a torch file holds one member per tensor storage, plus a few
-_CRC_CHUNK = 16 << 20
-
-
-def verify_zip_checksums(path: Path) -> None:
-    """Read every member of a torch zip file once, checking its CRC-32 (one line naming the damaged member)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-            if len(members) > MAX_ZIP_MEMBERS:
-                raise CheckpointError(f"{path}: not a checkpoint ({len(members)} zip members)")
-            for info in members:
-                with archive.open(info) as stream:  # raises BadZipFile at the end of a member with a bad CRC
-                    while stream.read(_CRC_CHUNK):
-                        pass
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(
-            f"{path}: damaged checkpoint ({str(exc)[:200]}); the file was changed after it was written"
-        ) from None
-    except (OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
-
-
-def _weights_only_refusal(message: str) -> str:
-    """What torch's weights-only unpickler refused, in one line. Torch's own message is many lines and advises
-    ``weights_only=False``, which is exactly what must not be done with a file of unknown origin."""
-    blocked = re.search(r"GLOBAL ([\w.]+)", message)
-    if blocked:
-        return (
-            f"refused: it would unpickle {blocked.group(1)}, not a tensor or plain container "
-            "(loading it could run code; only weights-only checkpoints are read)"
-        )
-    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
-    detail = found.group(1).strip() if found else "not a pickle torch reads"
-    return f"not a readable checkpoint (not a weights-only torch file: {detail[:200]})"
-
-
 @dataclass
 class StoredCheckpoint:
     """One checkpoint read from disk: its payload decoded, its weights, and the models it describes."""
@@ -270,7 +163,7 @@ class StoredCheckpoint:
     payload: dict[str, Any]
     registry: EmbodimentRegistry
     normalizer: Normalizer
-    prior_config: ActionPriorConfig
+    head_config: Any  # the bound config of the action head (an ActionPriorConfig in Stage 1)
 
     @property
     def stage(self) -> int:
@@ -284,13 +177,33 @@ class StoredCheckpoint:
             )
         return dict(self.payload["vla"])
 
+    @property
+    def head_name(self) -> str:
+        """The registered name of the action head (``action_prior`` for Stage 1)."""
+        return _head_name(self.payload)
+
+    @property
+    def prior_config(self) -> ActionPriorConfig:
+        """The action prior's config: of a Stage 1 checkpoint, or of a VLA whose head is the prior."""
+        if not isinstance(self.head_config, ActionPriorConfig):
+            raise CheckpointError(
+                f"{self.source}: its action head is '{self.head_name}', not the action prior"
+            )
+        return self.head_config
+
+    @property
+    def prior_source(self) -> str | None:
+        """The checkpoint the prior started from (``--init_from`` in Stage 1, ``--stage1_ckpt`` in Stage 2)."""
+        return self.payload.get("prior_source")
+
     @classmethod
     def from_dict(cls, checkpoint: dict[str, Any], source: str) -> StoredCheckpoint:
+        """Decode (and, for an older format, upgrade in place: see :mod:`actionprior.checkpoint_file`)."""
         payload = read_payload(checkpoint, source)
         try:
             registry = EmbodimentRegistry.from_dicts(payload["embodiments"])
             normalizer = Normalizer.from_dict(payload["normalization"], registry)
-            config = ActionPriorConfig.from_dict(payload["model_config"])
+            config = head_type(_head_name(payload)).config_from(payload["model_config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: its actionprior entry is malformed ({exc})") from None
         return cls(source, checkpoint, payload, registry, normalizer, config)
@@ -315,11 +228,11 @@ class StoredCheckpoint:
         return weights
 
     def build_prior(self) -> ActionPrior:
-        """The trained :class:`ActionPrior` (eval mode): of a Stage 1 checkpoint, or the prior inside a VLA."""
+        """The trained :class:`ActionPrior` (eval mode): of a Stage 1 checkpoint, or the head of a VLA."""
         model = ActionPrior(self.prior_config)
         weights = self.model_state()
         if self.stage == 2:
-            weights = {k[len("prior.") :]: v for k, v in weights.items() if k.startswith("prior.")}
+            weights = {k[len("head.") :]: v for k, v in weights.items() if k.startswith("head.")}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointMismatchError(
@@ -329,14 +242,13 @@ class StoredCheckpoint:
         return model.eval()
 
     def build_vla(self, attn_implementation: str = "auto") -> Any:
-        """The trained VLA (eval mode); needs no data and no network."""
-        from actionprior.models.backbones import VLMBackbone
-        from actionprior.models.vla import VLA, VLAConfig
+        """The trained VLA (eval mode), assembled by :meth:`~actionprior.models.vla.VLAConfig.build`; needs no
+        data and no network."""
+        from actionprior.models.vla import VLAConfig
 
         settings = self.vla_settings
         config = VLAConfig.from_dict(settings["config"])
-        backbone = VLMBackbone.from_spec(settings["backbone_spec"], attn_implementation)
-        vla = VLA.from_config(backbone, ActionPrior(self.prior_config), config)
+        vla = config.build(self.head_config, settings["backbone_spec"], attn_implementation, False)
         try:
             vla.load_state_dict(self.model_state())
         except RuntimeError as exc:
@@ -344,6 +256,14 @@ class StoredCheckpoint:
                 f"{self.source}: weights do not match the stored VLA config ({str(exc).splitlines()[0]})"
             ) from None
         return vla.eval()
+
+
+def _head_name(payload: Mapping[str, Any]) -> str:
+    vla = payload.get("vla")
+    if not isinstance(vla, Mapping):
+        return "action_prior"
+    config = vla.get("config")
+    return str(config.get("head", "action_prior")) if isinstance(config, Mapping) else "action_prior"
 
 
 def load_action_prior(

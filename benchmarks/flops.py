@@ -227,10 +227,10 @@ def vla_train_flops(
     if vla.history_proj is not None:
         head += 2.0 * n_params(vla.history_proj) * b
     fwd["action_module"] = head + prior_forward_flops(
-        vla.prior, b, chunk_len, decodes=passes + int(aux), encodes=int(aux)
+        vla.head, b, chunk_len, decodes=passes + int(aux), encodes=int(aux)
     )
     if vla.use_history and history_len:
-        fwd["action_module"] += prior_forward_flops(vla.prior, b, history_len, decodes=0, encodes=1)
+        fwd["action_module"] += prior_forward_flops(vla.head, b, history_len, decodes=0, encodes=1)
     # Backward = 2 x forward (input and weight gradients), except for the patch embedding, whose input
     # is pixels: no input gradient, so backward = 1 x forward there.
     out = {k: (2.0 if k == "vision_patch_embed" else 3.0) * v for k, v in fwd.items()}
@@ -260,7 +260,7 @@ def describe_params(vla: nn.Module) -> dict[str, int]:
         "text_layers": n_params(text.layers),
         "text_embedding": embed,
         "vision": n_params(vision),
-        "action_prior": n_params(vla.prior),
+        "action_prior": n_params(vla.head),
     }
 
 

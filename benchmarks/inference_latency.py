@@ -112,7 +112,7 @@ def default_policy(
         module.normalizer,
         cameras,
         image_size,
-        chunk_len=module.prior_config.chunk_len,
+        chunk_len=module.head_config.chunk_len,
         history_len=history_len if init["vla"].get("use_history") else 0,
         device=device,
     )
@@ -208,11 +208,11 @@ def measure(
         raise ValueError(f"--autocast must be bf16 or unset, got {autocast!r}")
     with torch.autocast(policy.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
         if compile_decoder:
-            policy.model.prior.compile_sampler(backend=compile_backend)
+            policy.model.head.compile_sampler(backend=compile_backend)
         try:
             return _measure(policy, embodiment, steps, iters, warmup)
         finally:
-            policy.model.prior.eager_sampler()
+            policy.model.head.eager_sampler()
 
 
 def _measure(
@@ -238,7 +238,7 @@ def _measure(
         z = timer("backbone", lambda b=batch, zh=z_hist, o=on: model.predict_latent(b, zh, o), rec)
         timer(
             "decoder",
-            lambda zz=z, e=batch["embodiment_id"]: model.prior.sample(zz, e, steps=steps, generator=gen),
+            lambda zz=z, e=batch["embodiment_id"]: model.head.sample(zz, e, steps=steps, generator=gen),
             rec,
         )
         if rec:
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console()
     n_params = {
         "backbone": sum(p.numel() for p in policy.model.backbone.parameters()),
-        "action_prior": sum(p.numel() for p in policy.model.prior.parameters()),
+        "action_prior": sum(p.numel() for p in policy.model.head.parameters()),
     }
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     console.print(
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.image_size}px, chunk {policy.chunk_len}, history {policy.history_len}, params {n_params}, "
         f"{device_name}, autocast {args.autocast or 'off'}"
     )
-    steps_list = args.sample_steps or [policy.model.prior.config.sample_steps]
+    steps_list = args.sample_steps or [policy.model.head.config.sample_steps]
     threads_list = args.threads or ([1] if device.type == "cuda" else [1, 2])
     modes = [False, True] if args.compile_decoder else [False]
     torch.set_num_threads(1)

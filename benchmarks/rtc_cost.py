@@ -61,9 +61,9 @@ def measure(
         "chunk plain": lambda: model.sample_actions(batch, steps=steps, generator=gen),
         "chunk rtc": lambda: model.sample_actions(batch, steps=steps, generator=gen, guide=guide),
         "chunk rtc-identity": lambda: model.sample_actions(batch, steps=steps, generator=gen, guide=identity),
-        "decoder plain": lambda: model.prior.sample(z, emb, steps=steps, generator=gen),
-        "decoder rtc": lambda: model.prior.sample_rtc(z, emb, guide, steps=steps, generator=gen),
-        "decoder rtc-identity": lambda: model.prior.sample_rtc(z, emb, identity, steps=steps, generator=gen),
+        "decoder plain": lambda: model.head.sample(z, emb, steps=steps, generator=gen),
+        "decoder rtc": lambda: model.head.sample_rtc(z, emb, guide, steps=steps, generator=gen),
+        "decoder rtc-identity": lambda: model.head.sample_rtc(z, emb, identity, steps=steps, generator=gen),
     }
     timer = Timer(policy.device)  # one Timer part per call: wall and thread CPU time of each
     timer.wall = {name: [] for name in calls}
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         source = f"{args.config} model, random weights"
     embodiment = args.embodiment or policy.registry.names[0]
-    steps = args.sample_steps or policy.model.prior.config.sample_steps
+    steps = args.sample_steps or policy.model.head.config.sample_steps
     executed = args.executed if args.executed is not None else policy.chunk_len // 2
     if not 0 <= args.frozen <= policy.chunk_len - executed:
         p.error(f"--frozen must be in [0, chunk - executed = {policy.chunk_len - executed}]")

@@ -62,6 +62,7 @@ def make_sample(
         "camera_mask": camera_mask,
         "instruction": INSTRUCTIONS[index % len(INSTRUCTIONS)],
     }
+    sample["current_state"] = sample["state"][0]  # the state token's input, as the batch contract cuts it
     if history_len:
         history_mask = torch.ones(history_len, dtype=torch.bool)
         history_mask[:] = index % 6 != 0  # the first step of an episode has no history

@@ -101,9 +101,17 @@ class RunSpec:
 
 # ------------------------------------------------------------------------------------------ building
 def _yaml(path: Path) -> dict[str, Any]:
+    """A configs/cluster strategy fragment (a trainer.strategy block, not a stage config)."""
     import yaml
 
     return yaml.safe_load(path.read_text()) or {}
+
+
+def _stage_init_args(*configs: Path) -> dict[str, Any]:
+    """The model's init args of a stage config (and overlays), as ``actionprior fit -c ...`` parses them."""
+    from actionprior.training.lightning_cli import read_stage_config
+
+    return dict(read_stage_config(*configs)["model"]["init_args"])
 
 
 def registry_and_normalization(seed: int = 0) -> tuple[Any, dict[str, Any]]:
@@ -132,9 +140,9 @@ def _accepted(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[s
 
 def stage2_kwargs(spec: RunSpec, registry: Any, normalization: dict[str, Any]) -> dict[str, Any]:
     """VLAModule init args: configs/stage2.yaml, the prior from configs/stage1.yaml, then this run's."""
-    init = dict(_yaml(REPO / "configs/stage2.yaml")["model"]["init_args"])
+    init = _stage_init_args(REPO / "configs/stage2.yaml")
     if init.get("prior") is None:  # what Stage 2 reads from a Stage 1 checkpoint
-        init["prior"] = dict(_yaml(REPO / "configs/stage1.yaml")["model"]["init_args"]["prior"])
+        init["prior"] = dict(_stage_init_args(REPO / "configs/stage1.yaml")["prior"])
     overrides = dict(spec.model_overrides)
     vla = {**(init.get("vla") or {}), **overrides.pop("vla", {})}
     init.update(overrides)
@@ -158,7 +166,7 @@ def stage2_kwargs(spec: RunSpec, registry: Any, normalization: dict[str, Any]) -
 
 
 def stage1_kwargs(spec: RunSpec, registry: Any, normalization: dict[str, Any]) -> dict[str, Any]:
-    init = dict(_yaml(REPO / "configs/stage1.yaml")["model"]["init_args"])
+    init = _stage_init_args(REPO / "configs/stage1.yaml")
     init.update(spec.model_overrides)
     init.update(chunk_len=spec.chunk_len, embodiments=registry.to_dicts(), normalization=normalization)
     return init
@@ -772,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     if backbone_config is None and args.backbone == "random:qwen3_vl_2b":
         backbone_config = REPO / "configs/backbones/qwen3_vl_2b.yaml"
     if backbone_config is not None:
-        init = dict((_yaml(backbone_config).get("model") or {}).get("init_args") or {})
+        init = _stage_init_args(REPO / "configs/stage2.yaml", Path(backbone_config))
         # The matrix sets the backbone, its dtype, attention and checkpointing itself.
         skip = ("backbone", "backbone_dtype", "attn_implementation", "gradient_checkpointing")
         vla = {k: v for k, v in (init.pop("vla", None) or {}).items() if k not in skip}
@@ -843,7 +851,9 @@ def main(argv: list[str] | None = None) -> int:
                 report["loader"]["samples_per_s"] / base_row["samples_per_s_per_device"]
             )
     if args.stage1_steps > 0 and not over_budget():
-        stage1_cfg = _yaml(REPO / "configs/stage1.yaml")
+        from actionprior.training.lightning_cli import read_stage_config
+
+        stage1_cfg = read_stage_config(REPO / "configs/stage1.yaml")
         s1 = replace(
             base,
             kind="stage1",

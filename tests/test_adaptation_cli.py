@@ -64,7 +64,7 @@ def test_init_from_adds_the_new_robot_and_resume_keeps_the_statistics(data, base
         StoredCheckpoint.read(run_dir / "checkpoints" / "last.ckpt"),
         StoredCheckpoint.read(base[io_mode]),
     )
-    assert adapted.payload["init_from"] == str(base[io_mode])
+    assert adapted.payload["prior_source"] == str(base[io_mode])
     assert adapted.normalizer.stats["franka_sim"] == load_stats(franka)["franka_sim"]
     assert all(adapted.normalizer.stats[n] == prior.normalizer.stats[n] for n in prior.registry.names)
     # franka (8/7 dims) fits the synthetic robots' max dims (11/8): the padded layers keep their size.

@@ -15,13 +15,8 @@ from vla_builders import loader, make_batch, module_kwargs
 
 from actionprior.inference.policy import Policy
 from actionprior.models.backbones import ADAPTERS, UnsupportedBackbone, VLMBackbone
-from actionprior.models.backbones.tiny import (
-    FAMILIES,
-    QWEN3_VL_2B,
-    build_tiny_tokenizer,
-    qwen3_vl_2b_config,
-    save_tiny_backbone,
-)
+from actionprior.models.backbones.random_backbones import QWEN3_VL_2B, qwen3_vl_2b_config
+from actionprior.models.backbones.tiny import FAMILIES, build_tiny_tokenizer, save_tiny_backbone
 from actionprior.training.vla_module import VLAModule
 
 NEW_FAMILIES = ("paligemma", "llava", "gemma3", "internvl", "qwen3_5")

@@ -80,7 +80,7 @@ def test_bring_your_own_robot(tmp_path: Path, capsys, caplog) -> None:
     assert "new embodiments ['franka_sim'] start from a fresh projection" in caplog.text
     before, after = StoredCheckpoint.read(base), StoredCheckpoint.read(adapted)
     assert after.registry.names == ["franka_sim", *SYNTH]  # ids moved: franka_sim sorts first
-    assert after.payload["init_from"] == str(base)
+    assert after.payload["prior_source"] == str(base)
     for name in SYNTH:  # the prior's statistics kept; the new robot's from its own data
         assert _stats(after, name) == _stats(before, name)
     assert _stats(after, "franka_sim") == load_stats(franka)["franka_sim"]

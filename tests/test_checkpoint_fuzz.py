@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from actionprior.checkpoint import CheckpointError, StoredCheckpoint, load_action_prior, load_checkpoint_file
+from actionprior.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    StoredCheckpoint,
+    load_action_prior,
+    load_checkpoint_file,
+)
 from actionprior.data.synthetic import write_synthetic_dataset
 from actionprior.training.lightning_cli import run
 
@@ -176,8 +182,9 @@ def test_stage2_refuses_damaged_or_stage2_stage1_ckpt(stage1, tmp_path):
 def test_a_flipped_bit_in_a_weight_is_refused_not_loaded(stage1, tmp_path):
     _, good = stage1
     blob = bytearray(good.read_bytes())
-    with zipfile.ZipFile(good) as archive:  # the largest member: a weight tensor's storage
-        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with zipfile.ZipFile(good) as archive:  # the largest tensor storage (members <archive>/data/<n>)
+        storages = [i for i in archive.infolist() if i.filename.rsplit("/", 2)[-2:-1] == ["data"]]
+        info = max(storages, key=lambda i: i.file_size)
     name_len, extra_len = struct.unpack("<HH", blob[info.header_offset + 26 : info.header_offset + 30])
     start = info.header_offset + 30 + name_len + extra_len
     blob[start + info.file_size // 2] ^= 0x04  # one bit in the middle of the tensor's bytes
@@ -189,4 +196,4 @@ def test_a_flipped_bit_in_a_weight_is_refused_not_loaded(stage1, tmp_path):
         ):
             reader(damaged)
     # the metadata-only mapped read (resume checks) still opens it: Lightning's own load follows
-    assert load_checkpoint_file(damaged, mmap=True)["actionprior"]["format_version"] == 2
+    assert load_checkpoint_file(damaged, mmap=True)["actionprior"]["format_version"] == FORMAT_VERSION

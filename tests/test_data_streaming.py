@@ -107,9 +107,18 @@ def test_observation_view_decodes_the_frames_of_the_sampled_timestep(synthetic_d
             assert batch["task"][i] == originals[key].task
 
 
-def test_observation_view_resizes_frames(synthetic_dataset) -> None:
+def test_observation_view_fits_frames_with_the_image_contract(synthetic_dataset) -> None:
+    from actionprior.data.images import ImageFit, fit_image
+
     dm = _dm([synthetic_dataset.path], view="observation", val_fraction=0.0, batch_size=4, image_size=8)
-    assert next(iter(dm.train_dataloader()))["images"].shape == (4, 2, 3, 8, 8)
+    assert dm.image_fit == ImageFit(8, "pad", "area", {})  # a collected dataset records no import fit
+    index = {ep.key: i for i, ep in enumerate(synthetic_dataset.episodes)}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (4, 2, 3, 8, 8)
+    for i, (key, t) in enumerate(zip(batch["episode_key"], batch["timestep"].tolist(), strict=True)):
+        for c in range(2):  # the one implementation inference also applies (actionprior.data.images)
+            frame = fit_image(synthetic_frame(0, index[key], c, t, 16), 8, "pad", "area")
+            np.testing.assert_array_equal(batch["images"][i, c].numpy(), frame.transpose(2, 0, 1))
 
 
 def test_trajectory_view_never_opens_observation_shards_nor_decodes_png(

@@ -25,7 +25,7 @@ class FixedChunkModel(torch.nn.Module):
     def __init__(self, chunk: torch.Tensor):
         super().__init__()
         self.chunk = chunk
-        self.prior = SimpleNamespace(config=SimpleNamespace(chunk_len=chunk.shape[1]))
+        self.chunk_len = chunk.shape[1]
         self.batches: list[dict] = []
 
     def sample_actions(self, batch, steps=None, generator=None):

@@ -258,3 +258,12 @@ def test_steps_between_chunks_default_per_mode() -> None:
 
     assert [default_replan_every(m, 16) for m in ("replan", "ensemble", "rtc")] == [16, 1, 8]
     assert default_replan_every("rtc", 1) == 1
+
+
+def test_execution_settings_repeat_the_rtc_maths_constants() -> None:
+    """The torch-free execution settings and the guided sampler (a lower layer) agree on RTC's constants."""
+    from actionprior.inference import execution
+    from actionprior.models import rtc
+
+    assert execution.MASK_KINDS == rtc.MASK_KINDS == ("soft", "hard")
+    assert execution.DEFAULT_MAX_GUIDANCE == rtc.DEFAULT_MAX_GUIDANCE == 5.0

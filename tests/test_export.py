@@ -70,8 +70,8 @@ def test_compiled_decoder_flag_gives_the_eager_actions(exported) -> None:
     kwargs = dict(image_size=32, history_len=3, seed=2)
     eager = Policy.from_checkpoint(ckpt, **kwargs)
     compiled = Policy.from_checkpoint(ckpt, **kwargs, compile_decoder=True)
-    assert compiled.model.prior._compiled_loop is not None and eager.model.prior._compiled_loop is None
-    compiled.model.prior.compile_sampler(backend="eager")  # trace only: keeps the test fast on CPU
+    assert compiled.model.head._compiled_loop is not None and eager.model.head._compiled_loop is None
+    compiled.model.head.compile_sampler(backend="eager")  # trace only: keeps the test fast on CPU
     for policy in (eager, compiled):
         policy.reset()
     obs = raw_observation("synth_arm4", seed=3)

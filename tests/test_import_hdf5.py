@@ -12,9 +12,10 @@ import yaml
 from fixtures.import_layouts import frame, state_action, write_robomimic_hdf5
 
 from actionprior.data.check import check_dataset
+from actionprior.data.images import fit_image
 from actionprior.data.importers import cli_main
 from actionprior.data.importers import hdf5 as h5
-from actionprior.data.importers.common import ImportFailure, fit_image, run_import
+from actionprior.data.importers.common import ImportFailure, run_import
 from actionprior.data.schema import decode_png, decode_trajectory
 from actionprior.data.shards import shard_source
 from actionprior.data.stream import WindowStream

@@ -13,9 +13,10 @@ from fixtures.import_layouts import expected_centre, frame, square_centre, state
 
 from actionprior.cli import main as actionprior_main
 from actionprior.data.check import check_dataset
+from actionprior.data.images import fit_image
 from actionprior.data.importers import cli_main
 from actionprior.data.importers import lerobot as lr
-from actionprior.data.importers.common import PARTIAL_SUFFIX, fit_image, run_import
+from actionprior.data.importers.common import PARTIAL_SUFFIX, run_import
 from actionprior.data.schema import decode_png, decode_trajectory
 from actionprior.data.shards import shard_source
 from actionprior.data.stream import WindowStream

@@ -8,7 +8,7 @@ from actionprior.data.normalization import Normalizer
 from actionprior.data.stats import compute_stats
 from actionprior.data.synthetic import make_episode, synthetic_registry
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
-from actionprior.models.action_scaling import ActionScaler
+from actionprior.training.action_scaling import ActionScaler
 
 STATE_DIMS, ACTION_DIMS = [3, 5], [2, 4]
 
@@ -50,7 +50,7 @@ def _batch(b: int = 6, h: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
 def _loss(model: ActionPrior, batch: dict[str, torch.Tensor], seed: int = 0) -> torch.Tensor:
     z = model.encode(batch["state"], batch["action"], batch["step_mask"], batch["embodiment_id"])
     g = torch.Generator().manual_seed(seed)
-    return model.flow_loss(
+    return model.loss(
         z, batch["action"], batch["step_mask"], batch["action_dim_mask"], batch["embodiment_id"], g
     )
 
@@ -144,7 +144,7 @@ def test_tiny_model_overfits_one_batch_and_reconstructs_it():
     def loss_of(generator: torch.Generator) -> torch.Tensor:
         z = model.encode(batch["state"], batch["action"], batch["step_mask"], batch["embodiment_id"])
         keys = ("action", "step_mask", "action_dim_mask", "embodiment_id")
-        return model.flow_loss(repeated(z), *(repeated(batch[k]) for k in keys), generator=generator)
+        return model.loss(repeated(z), *(repeated(batch[k]) for k in keys), generator=generator)
 
     with torch.no_grad():
         initial = loss_of(torch.Generator().manual_seed(0)).item()

@@ -56,7 +56,7 @@ def test_collect_train_both_stages_then_evaluate_in_closed_loop(tmp_path) -> Non
     # Stage 2 trained from the prior: the decoder moved away from the Stage 1 weights it was loaded with.
     stage1 = torch.load(stage1_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     key = next(k for k in stage1 if k.startswith("model.decoder.") and k.endswith("weight"))
-    stage2_key = "model.prior." + key.removeprefix("model.")
+    stage2_key = "model.head." + key.removeprefix("model.")
     assert not torch.equal(stage1[key], checkpoint["state_dict"][stage2_key])
 
     out = tmp_path / "eval"

@@ -142,6 +142,8 @@ def test_policy_validates_raw_observations(policy: Policy) -> None:
     with pytest.raises(ObservationError, match=r"missing \['wrist'\]"):
         policy.act(obs)
     obs = raw_observation("synth_arm4")
-    obs["images"]["scene"] = np.zeros((IMAGE * 2, IMAGE * 2, 3), np.uint8)
-    with pytest.raises(ObservationError, match=r"image 'scene' must have shape \(32, 32, 3\)"):
+    obs["images"]["scene"] = np.zeros((IMAGE * 2, IMAGE * 2, 4), np.uint8)  # any size, but RGB
+    with pytest.raises(
+        ObservationError, match=r"image 'scene' must be uint8 \[h, w, 3\] \(rgb\), got shape \(64, 64, 4\)"
+    ):
         policy.act(obs)

@@ -138,8 +138,8 @@ def _bad_observations() -> list[tuple[dict, str]]:
     o["images"]["front"] = o["images"]["front"].astype(np.float32)
     cases.append((o, "image 'front' must have dtype uint8"))
     o = _obs()
-    o["images"]["front"] = np.zeros((IMG, IMG + 1, 3), np.uint8)
-    cases.append((o, r"must have shape \(16, 16, 3\)"))
+    o["images"]["front"] = np.zeros((IMG, IMG + 1), np.uint8)  # frames of any size, but RGB
+    cases.append((o, r"image 'front' must be uint8 \[h, w, 3\] \(rgb\), got shape \(16, 17\)"))
     o = _obs("arm5")
     del o["images"]["wrist"]
     cases.append((o, r"missing \['wrist'\]"))

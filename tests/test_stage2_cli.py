@@ -93,3 +93,25 @@ def test_stage2_without_a_stage1_checkpoint_names_what_is_missing(stage1, tmp_pa
     )
     with pytest.raises(ValueError, match="no-prior baseline was configured"):
         run(_stage2(data, tmp_path / "e", *baseline[:2], "--stage1_ckpt", str(ckpt)))
+
+
+def test_code_reads_stage_configs_through_the_cli_parser() -> None:
+    """read_stage_config: the CLI's own parsing (defaults, links, overlays, unknown keys refused), nothing run."""
+    import random
+
+    from jsonargparse import ArgumentError
+
+    from actionprior.training.lightning_cli import read_stage_config
+
+    state, py_state = torch.random.get_rng_state(), random.getstate()
+    config = read_stage_config("actionprior:stage2.yaml", args=["--data.chunk_len=8"])
+    assert torch.equal(state, torch.random.get_rng_state()) and py_state == random.getstate()  # not reseeded
+    init = config["model"]["init_args"]
+    assert config["model"]["class_path"] == "actionprior.training.vla_module.VLAModule"
+    assert init["chunk_len"] == 8  # linked from data.chunk_len, as in a run
+    assert init["vla"]["head"] == "action_prior" and init["vla"]["backbone"] == "tiny:qwen3_vl"
+    assert config["trainer"]["callbacks"][0]["init_args"]["decay_steps"] == 5000
+    baseline = read_stage_config("actionprior:stage2.yaml", "actionprior:ablations/no_prior.yaml")
+    assert baseline["model"]["init_args"]["vla"]["action_prior"] == "scratch"
+    with pytest.raises(ArgumentError, match="data.imagesize"):
+        read_stage_config("actionprior:stage2.yaml", args=["--data.imagesize=32"])

@@ -31,10 +31,10 @@ def stage1(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "s1" / "checkpoints" / "last.ckpt"
 
 
-def _stage2(data: Path, root: Path, zhead_init: str, prior: Path | None) -> dict:
+def _stage2(data: Path, root: Path, latent_head_init: str, prior: Path | None) -> dict:
     callbacks = root / "callbacks.yaml"
     transfer = {"class_path": "actionprior.training.transfer.ActionPriorTransfer",
-                "init_args": {"decay_steps": 5000, "zhead_init": zhead_init}}  # fmt: skip
+                "init_args": {"decay_steps": 5000, "latent_head_init": latent_head_init}}  # fmt: skip
     probe = {"class_path": "actionprior.study.probe.EarlyTrainingProbe",
              "init_args": {"out": str(root / "probe.json"), "steps": 3}}  # fmt: skip
     root.mkdir(parents=True)
@@ -74,9 +74,17 @@ def test_stage1_mean_start_puts_every_z_prime_at_the_mean_latent(stage1, tmp_pat
     assert rec["grad_backbone"][1] > 0
 
 
-def test_zhead_init_is_validated():
-    with pytest.raises(ValueError, match="zhead_init must be one of"):
-        ActionPriorTransfer(zhead_init="zeros")
+def test_latent_head_init_is_validated_and_its_old_name_still_accepted(caplog):
+    with pytest.raises(ValueError, match="latent_head_init must be one of"):
+        ActionPriorTransfer(latent_head_init="zeros")
+    with caplog.at_level("WARNING", logger="actionprior.training.transfer"):
+        old = ActionPriorTransfer(zhead_init="stage1_mean", zhead_init_batches=2)
+    assert (old.latent_head_init, old.latent_head_init_batches) == ("stage1_mean", 2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "ActionPriorTransfer: zhead_init is deprecated, use latent_head_init (same meaning)",
+        "ActionPriorTransfer: zhead_init_batches is deprecated, use latent_head_init_batches (same meaning)",
+    ]
 
 
 def test_probe_of_a_resumed_run_keeps_its_record(tmp_path):

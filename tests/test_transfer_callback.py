@@ -12,7 +12,7 @@ from actionprior.data.synthetic import synthetic_registry
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_prior import ActionPriorConfig
 from actionprior.training import ActionPriorModule
-from actionprior.training.transfer import ActionPriorTransfer, lambda_schedule
+from actionprior.training.transfer import ActionPriorTransfer, aux_weight_schedule
 from actionprior.training.vla_module import VLAModule
 
 
@@ -46,7 +46,7 @@ def _stage1(path, reg=None, norm=None, latent_dim: int = 16, seed: int = 1) -> A
 
 
 def _prior_tensors(vla_module: VLAModule) -> dict[str, torch.Tensor]:
-    prior = vla_module.model.prior
+    prior = vla_module.model.head
     return {f"encoder.{k}": v.clone() for k, v in prior.encoder.state_dict().items()} | {
         f"decoder.{k}": v.clone() for k, v in prior.decoder.state_dict().items()
     }
@@ -58,15 +58,15 @@ def _assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_lambda_schedule_values():
+def test_aux_weight_schedule_values():
     n = 5000
-    assert lambda_schedule(0, n) == 1.0
-    assert lambda_schedule(n // 2, n) == pytest.approx(0.5)
-    assert lambda_schedule(n, n) == 0.0
-    assert lambda_schedule(2 * n, n) == 0.0
-    assert lambda_schedule(1, 4) == pytest.approx(0.75)
+    assert aux_weight_schedule(0, n) == 1.0
+    assert aux_weight_schedule(n // 2, n) == pytest.approx(0.5)
+    assert aux_weight_schedule(n, n) == 0.0
+    assert aux_weight_schedule(2 * n, n) == 0.0
+    assert aux_weight_schedule(1, 4) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="decay_steps"):
-        lambda_schedule(0, 0)
+        aux_weight_schedule(0, 0)
 
 
 class _FreshTrainer:
@@ -141,7 +141,7 @@ def test_stage1_on_a_subset_of_the_embodiments_loads_and_the_new_robot_starts_fr
         report = ActionPriorTransfer.load_into(module, str(tmp_path / "s1.ckpt"))
     assert report.kept == ["synth_arm4", "synth_arm7"] and report.added == ["synth_arm8"]
     assert "['synth_arm8'] are new to the Stage 1 prior" in caplog.text
-    loaded, source = module.model.prior.decoder.io, stage1.model.decoder.io
+    loaded, source = module.model.head.decoder.io, stage1.model.decoder.io
     for i in (0, 1):  # same ids in both registries here: rows copied exactly
         # The prior's max action dim was 7, the data's is 8: the extra (padded) column stays zero.
         torch.testing.assert_close(

@@ -13,7 +13,7 @@ from actionprior.training.vla_module import VLAModule
 
 def _count_encoder_calls(vla) -> list[int]:
     calls = [0]
-    vla.prior.encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    vla.head.encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
 
@@ -54,7 +54,7 @@ def test_align_is_mse_to_the_stopped_encoder_latent():
     torch.testing.assert_close(out.align, F.mse_loss(out.z_pred, z))
     vla.zero_grad()
     out.align.backward()  # stop-gradient: L_align must not move the encoder
-    assert all(p.grad is None or not p.grad.any() for p in vla.prior.encoder.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in vla.head.encoder.parameters())
     assert any(p.grad is not None and p.grad.any() for p in vla.latent_head.parameters())
 
 
@@ -69,13 +69,13 @@ def test_history_objective_is_the_mean_of_the_two_passes():
     a, m, d, e = batch["action"], batch["step_mask"], batch["action_dim_mask"], batch["embodiment_id"]
     torch.manual_seed(123)
     z = vla.target_latent(batch)
-    recon = vla.prior.flow_loss(z, a, m, d, e)
+    recon = vla.head.loss(z, a, m, d, e)
     z_hist, has_hist = vla.history_latent(batch)
     assert has_hist.tolist() == [False, True, True, True, True]
     zp_hist = vla.predict_latent(batch, z_hist, has_hist)
     zp_none = vla.predict_latent(batch, z_hist, torch.zeros_like(has_hist))
-    loss_hist = vla.prior.flow_loss(zp_hist, a, m, d, e) + aux_weight * (F.mse_loss(zp_hist, z) + recon)
-    loss_none = vla.prior.flow_loss(zp_none, a, m, d, e) + aux_weight * (F.mse_loss(zp_none, z) + recon)
+    loss_hist = vla.head.loss(zp_hist, a, m, d, e) + aux_weight * (F.mse_loss(zp_hist, z) + recon)
+    loss_none = vla.head.loss(zp_none, a, m, d, e) + aux_weight * (F.mse_loss(zp_none, z) + recon)
     torch.testing.assert_close(out.loss, (loss_hist + loss_none) / 2, rtol=1e-5, atol=1e-5)
     # The history token does change the prediction (else the two passes would be the same thing).
     assert not torch.allclose(zp_hist[1:], zp_none[1:])

@@ -3,7 +3,9 @@
 Training cuts windows out of recorded episodes; a policy has one live observation and the history it
 remembers. Both go through :class:`BatchBuilder`: the same normalisation, the same padding to the registry's
 widths (:func:`~actionprior.data.windowing.pad_episode`), the same window cutting
-(:func:`~actionprior.data.windowing.gather_windows`), the same dimension masks and the same camera stacking.
+(:func:`~actionprior.data.windowing.gather_windows`), the same dimension masks, the same image fitting
+(:class:`~actionprior.data.images.ImageFit`: frames of any size in, the model's square images out) and the same
+camera stacking.
 A live observation is treated as the last step of an episode made of the remembered history, so its history
 keys are exactly those of the training window cut at that time (a test checks it key by key).
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from actionprior.data.images import ImageFit
 from actionprior.data.normalization import Normalizer
 from actionprior.data.windowing import PaddedEpisode, gather_windows, pad_episode
 from actionprior.embodiments import EmbodimentRegistry
@@ -27,7 +30,8 @@ HISTORY_KEYS = ("history_state", "history_action", "history_mask")
 class BatchBuilder:
     """Turns episodes or live observations into the contract's batch (numpy arrays; see :func:`to_torch`).
 
-    ``normalizer=None`` keeps raw units (used to check round trips).
+    ``normalizer=None`` keeps raw units (used to check round trips). ``image_fit`` fits every frame to the model's
+    square size (None: frames are stacked as they are, and must share one size).
     """
 
     def __init__(
@@ -37,8 +41,10 @@ class BatchBuilder:
         chunk_len: int,
         history_len: int,
         camera_names: Sequence[str],
+        image_fit: ImageFit | None = None,
     ):
         self.registry = registry
+        self.image_fit = image_fit
         self.normalizer = normalizer
         self.chunk_len = chunk_len
         self.history_len = history_len
@@ -79,7 +85,12 @@ class BatchBuilder:
     # -- cameras -------------------------------------------------------------------------------------
     def cameras(self, frames: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``images [C, 3, h, w]`` uint8 in camera order and ``camera_mask [C]`` from ``{camera: HxWx3}``;
-        absent cameras are zeros with a False mask. Frames must share one size."""
+        absent cameras are zeros with a False mask. Frames are fitted by ``image_fit`` (without one they must
+        share one size)."""
+        if self.image_fit is not None:
+            frames = {
+                cam: self.image_fit(np.asarray(f)) for cam, f in frames.items() if cam in self.camera_names
+            }
         mask = np.array([cam in frames for cam in self.camera_names], dtype=bool)
         shapes = {np.shape(frames[cam]) for cam in self.camera_names if cam in frames}
         if len(shapes) != 1:

@@ -26,6 +26,7 @@ from typing import Any
 from actionprior.data import limits
 from actionprior.data.checksums import FileSum, HashingReader, expected_sum, mismatch
 from actionprior.data.location import contained, open_local
+from actionprior.data.reader import fingerprint_problems
 from actionprior.data.safe_json import read_json_file
 from actionprior.data.schema import (
     MANIFEST_FILE,
@@ -43,7 +44,7 @@ from actionprior.data.schema import (
 from actionprior.data.stats import stats_problems, stats_spec_problems
 from actionprior.data.tario import iter_tar_samples
 from actionprior.data.verify import DatasetMemory, ShardAudit, skipped_member_findings
-from actionprior.data.writer import atomic_write_json, fingerprint_problems
+from actionprior.data.writer import atomic_write_json
 from actionprior.embodiments import EmbodimentError, EmbodimentSpec
 
 MAX_PROBLEMS = 1000  # a badly broken dataset is summarised, not printed in full

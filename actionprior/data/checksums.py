@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from actionprior.data.schema import show
+from actionprior.data.errors import show
 
 ALGORITHM = "sha256"
 _HEX = re.compile(r"^[0-9a-f]{64}\Z")

@@ -16,14 +16,16 @@ from typing import Any, Literal
 
 import lightning as L
 
+from actionprior.checkpoint_file import load_checkpoint_file, read_payload
+from actionprior.data.images import image_fit_of_manifests
 from actionprior.data.loader import StreamLoader
 from actionprior.data.location import shown_path
 from actionprior.data.normalization import Normalizer
+from actionprior.data.reader import dataset_views, load_manifest, load_stats
 from actionprior.data.schema import MANIFEST_FILE, STATS_FILE, DataError, Episode
 from actionprior.data.shards import ShardSource, View, iter_episodes, shard_source
 from actionprior.data.stats import merge_stats
 from actionprior.data.stream import WindowStream, default_camera_names
-from actionprior.data.writer import dataset_views, load_manifest, load_stats
 from actionprior.embodiments import EmbodimentError, EmbodimentRegistry, EmbodimentSpec
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,8 @@ class ActionPriorDataModule(L.LightningDataModule):
         cache_mb: per-worker cache of decoded trajectory shards (trajectory view), so resampled shards are
             not parsed again; 0 disables it.
         seed: base seed; streams are seeded by (seed, rank, worker) (validation: its own fixed seed).
-        image_size: resize frames to this square size (observation view); None keeps stored size.
+        image_size: fit frames to this square size (observation view) as the datasets' import recorded it
+            (:mod:`actionprior.data.images`: pad or crop, keeping the aspect ratio); None keeps the stored size.
         camera_names: cameras in batch order; default: union of the embodiments' cameras.
         stats_from: a Stage 1 checkpoint being adapted (``--init_from`` sets it): the embodiments it knows
             keep its normalisation statistics, so the prior keeps its meaning; the others take the data's.
@@ -137,6 +140,12 @@ class ActionPriorDataModule(L.LightningDataModule):
                         f"{path}: a trajectory-only dataset (no obs-*.tar, collected with --no-images) cannot "
                         "feed Stage 2's observation view; list it in Stage 1's data.datasets only"
                     )
+        # How frames become image_size x image_size, recorded in the checkpoint for inference.
+        self.image_fit = (
+            image_fit_of_manifests(self.manifests.items(), image_size)
+            if image_size and view == "observation"
+            else None
+        )
         self._registry = registry_from_manifests(self.manifests)
         stats = self._merged_stats()
         self.stats_origin = dict.fromkeys(self._registry.names, "data")
@@ -167,8 +176,6 @@ class ActionPriorDataModule(L.LightningDataModule):
 
     def _checkpoint_stats(self, stats: dict[str, Any], path: str, mode: str) -> dict[str, Any]:
         """``stats`` with the entries of the embodiments the checkpoint at ``path`` knows replaced by its own."""
-        from actionprior.checkpoint import load_checkpoint_file, read_payload
-
         payload = read_payload(load_checkpoint_file(path), str(path))
         stored = payload["normalization"]
         if stored.get("mode") != mode:
@@ -255,6 +262,7 @@ class ActionPriorDataModule(L.LightningDataModule):
             seed=self.seed if split == "train" else self.seed + 1_000_003,
             camera_names=self._camera_names,
             image_size=self.image_size,
+            image_fit=self.image_fit,
         )
 
     def train_dataloader(self) -> StreamLoader:

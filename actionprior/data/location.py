@@ -9,7 +9,7 @@ inside the dataset (the manifest's shard names) are not. The two only meet here:
   the name is substituted and the result opened with WebDataset's ``gopen`` (pipes, http(s), ...);
 * a URL base ``https://host/ds`` (any ``scheme://``): the same as ``https://host/ds/{name}``.
 
-Names are checked by :func:`~actionprior.data.schema.check_file_name` before they are combined (one plain
+Names are checked by :func:`check_file_name` before they are combined (one plain
 component: letters, digits, ``_.-``; no ``/``, ``..``, ``:``, spaces or shell metacharacters), so a
 manifest can neither run a command, reach another host nor leave the dataset folder.
 """
@@ -20,11 +20,26 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from actionprior.data.schema import DataError, check_file_name
+from actionprior.data.errors import DataError, show
 
 _URL_BASE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+# A file name inside a dataset folder as the manifest may spell it: one plain path component, no scheme,
+# no shell metacharacters (it may be substituted into a user's `pipe:` template), not '.' or '..'.
+SAFE_FILE_NAME = re.compile(
+    r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z"
+)  # \Z: "$" also matches before a final newline
+
+
+def check_file_name(value: Any, what: str) -> str:
+    """A shard or file name from the manifest: one plain relative name inside the dataset folder."""
+    if not isinstance(value, str) or not SAFE_FILE_NAME.match(value) or ".." in value:
+        raise DataError(
+            f"{what} {show(value)} is not a plain file name inside the dataset folder "
+            "(letters, digits, '_', '.', '-'; no '/', '..', ':' or spaces)"
+        )
+    return value
 
 
 def is_remote(location: str | Path) -> bool:

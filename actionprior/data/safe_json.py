@@ -3,7 +3,7 @@
 ``json.loads`` recurses once per nesting level and accepts ``NaN``/``Infinity`` and ``1e999`` (= inf).
 This reader caps the byte size before reading, decodes UTF-8 strictly, measures the nesting depth with a
 linear scan before parsing (so no input reaches the parser's recursion limit), and refuses non-finite
-numbers. Every failure is a :class:`~actionprior.data.schema.DataError` naming the file.
+numbers. Every failure is a :class:`~actionprior.data.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from actionprior.data.errors import DataError
 from actionprior.data.limits import MAX_JSON_DEPTH
 from actionprior.data.location import open_local
-from actionprior.data.schema import DataError
 
 # A JSON string (skipped as a whole, so brackets inside strings do not count) or a bracket. An unterminated
 # string runs to the end of the input (optionally ending in a lone backslash): every match attempt that

@@ -26,6 +26,12 @@ from typing import Any
 import numpy as np
 
 from actionprior.data import limits
+from actionprior.data.checksums import checksum_problems
+from actionprior.data.errors import DataError, show
+from actionprior.data.location import SAFE_FILE_NAME, check_file_name
+from actionprior.data.safe_json import loads_bounded
+
+# DataError and show (errors.py), SAFE_FILE_NAME and check_file_name (location.py) are also imported from here.
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -34,16 +40,7 @@ TRAJ_PREFIX = "traj-"
 OBS_PREFIX = "obs-"
 META_REQUIRED = ("embodiment", "task", "instruction", "success", "control_rate_hz", "length")
 FRAME_FIELD = re.compile(r"^(?P<camera>[A-Za-z0-9_]+)\.(?P<t>\d{5})\.png\Z")
-# A file name inside a dataset folder as the manifest may spell it: one plain path component, no scheme,
-# no shell metacharacters (it may be substituted into a user's `pipe:` template), not '.' or '..'.
-SAFE_FILE_NAME = re.compile(
-    r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z"
-)  # \Z: "$" also matches before a final newline
 NUMERIC_KINDS = frozenset("biuf")
-
-
-class DataError(ValueError):
-    """Malformed data: the message names the file and sample key."""
 
 
 @dataclass
@@ -136,8 +133,6 @@ def decode_npy(data: bytes, where: str) -> np.ndarray:
 
 
 def decode_json(data: bytes, where: str) -> dict[str, Any]:
-    from actionprior.data.safe_json import loads_bounded
-
     value = loads_bounded(data, where, limits.MAX_META_BYTES)
     if not isinstance(value, dict):
         raise DataError(f"{where}: meta.json must hold an object")
@@ -210,22 +205,6 @@ def episode_to_samples(episode: Episode) -> tuple[dict[str, Any], dict[str, Any]
         for t in range(len(episode)):
             obs[frame_field(cam, t)] = encode_png(frames[t])
     return traj, obs
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """``repr`` of an untrusted value for an error message, cut to ``limit`` characters."""
-    text = repr(value) if not isinstance(value, dict | list) else f"<{type(value).__name__} of {len(value)}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_file_name(value: Any, what: str) -> str:
-    """A shard or file name from the manifest: one plain relative name inside the dataset folder."""
-    if not isinstance(value, str) or not SAFE_FILE_NAME.match(value) or ".." in value:
-        raise DataError(
-            f"{what} {show(value)} is not a plain file name inside the dataset folder "
-            "(letters, digits, '_', '.', '-'; no '/', '..', ':' or spaces)"
-        )
-    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -413,8 +392,6 @@ def shard_problems(index: int, shard: Any, trajectory_only: bool = False) -> lis
     for key in ("num_episodes", "num_transitions"):
         if not _is_int(shard.get(key)):
             out.append(f"shard '{label}' {key} must be an integer, got {show(shard.get(key))}")
-    from actionprior.data.checksums import checksum_problems  # (that module imports this one)
-
     return out + checksum_problems(label, shard.get("checksums"))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from actionprior.data.checksums import FileSum, HashingReader, expected_sum, mismatch
 from actionprior.data.location import contained, file_url, is_remote, open_local, shown_path
+from actionprior.data.reader import load_manifest
 from actionprior.data.schema import (
     MANIFEST_FILE,
     DataError,
@@ -33,7 +34,6 @@ from actionprior.data.schema import (
 from actionprior.data.splits import Split, in_split
 from actionprior.data.tario import iter_tar_samples
 from actionprior.data.verify import DatasetMemory, Finding, ShardAudit, skipped_member_findings
-from actionprior.data.writer import load_manifest
 from actionprior.embodiments import EmbodimentRegistry
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def iter_episodes(
             if with_frames:
                 where = f"{url}:{sample['__key__']}"
                 for cam in meta.get("cameras", []):
-                    stack = [_frame(sample, cam, t, where) for t in range(len(state))]
+                    stack = [frame_at(sample, cam, t, where) for t in range(len(state))]
                     if len({f.shape for f in stack}) > 1:
                         raise DataError(f"{where}: camera '{cam}' has frames of different sizes")
                     frames[cam] = np.stack(stack)
@@ -311,16 +311,9 @@ def iter_episodes(
             )
 
 
-def _frame(sample: dict[str, Any], camera: str, t: int, where: str) -> np.ndarray:
+def frame_at(sample: dict[str, Any], camera: str, t: int, where: str) -> np.ndarray:
+    """The decoded frame of ``camera`` at step ``t`` of a raw observation sample (one line when it is missing)."""
     name = frame_field(camera, t)
     if name not in sample:
         raise DataError(f"{where}: missing frame field '{name}'")
     return decode_png(sample[name], f"{where} {name}")
-
-
-def _resize(frame: np.ndarray, size: int) -> np.ndarray:
-    if frame.shape[0] == size and frame.shape[1] == size:
-        return frame
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))

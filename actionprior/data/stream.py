@@ -1,6 +1,6 @@
 """Streaming training windows out of WebDataset shards, for one dataset or a weighted mixture.
 
-Design (DESIGN.md section 3):
+Design (the batch keys: docs/contracts.md):
 
 * **Two views.** The trajectory view reads ``traj-*.tar`` only; it never opens an ``obs-*.tar`` and never
   decodes a PNG. The observation view reads ``obs-*.tar`` and decodes only the frames of the sampled
@@ -32,10 +32,11 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from actionprior.data.batch import BatchBuilder
+from actionprior.data.images import ImageFit
 from actionprior.data.limits import MAX_ABS_VALUE
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError, frame_field
-from actionprior.data.shards import ShardSource, View, _frame, _resize, decode_sample, iter_checked
+from actionprior.data.shards import ShardSource, View, decode_sample, frame_at, iter_checked
 from actionprior.data.splits import Split, in_split
 from actionprior.data.verify import DatasetMemory
 from actionprior.data.windowing import PaddedEpisode
@@ -111,6 +112,7 @@ class WindowStream(IterableDataset):
         seed: int = 0,
         camera_names: Sequence[str] | None = None,
         image_size: int | None = None,
+        image_fit: ImageFit | None = None,
     ):
         super().__init__()
         if not sources:
@@ -149,8 +151,10 @@ class WindowStream(IterableDataset):
         self.image_size = image_size
         weights = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.probs = weights / weights.sum()
-        # The batch contract, shared with inference (actionprior.inference.policy).
-        self.batches = BatchBuilder(registry, normalizer, chunk_len, history_len, self.camera_names)
+        # The batch contract, shared with inference (actionprior.inference.policy); it fits the frames to
+        # image_size (image_fit: with the datasets' recorded resize mode).
+        fit = image_fit or (ImageFit(image_size) if image_size else None)
+        self.batches = BatchBuilder(registry, normalizer, chunk_len, history_len, self.camera_names, fit)
         # Set by StreamLoader in the main process before workers start (workers get a copy).
         self.epoch = 0
         self.rank = 0
@@ -214,8 +218,7 @@ class WindowStream(IterableDataset):
             frames = {}
             for cam in self.camera_names:
                 if cam in present:
-                    frame = _frame(sample, cam, int(t), where)
-                    frames[cam] = _resize(frame, self.image_size) if self.image_size else frame
+                    frames[cam] = frame_at(sample, cam, int(t), where)
             try:
                 steps.append(self.batches.cameras(frames)[0])
             except ValueError as exc:

@@ -13,8 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from actionprior.data.reader import load_manifest, load_stats
 from actionprior.data.schema import DataError
-from actionprior.data.writer import load_manifest, load_stats, write_stats
+from actionprior.data.writer import write_stats
 
 
 def embodiment_summary(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torchmetrics import MeanAbsoluteError
 
 from actionprior.data.schema import Episode
@@ -85,12 +84,15 @@ class OpenLoopActionError(L.Callback):
         """Replay ``episodes`` through a Policy around ``pl_module.model``; return the metrics."""
         normalizer = pl_module.normalizer
         registry = normalizer.registry
-        chunk_len = pl_module.model.prior.config.chunk_len
+        chunk_len = pl_module.model.chunk_len
         stride = self.stride or chunk_len
         # Created per run and never synchronised: only rank 0 replays episodes.
         model_mae = {n: MeanAbsoluteError(sync_on_compute=False) for n in registry.names}
         base_mae = {n: MeanAbsoluteError(sync_on_compute=False) for n in registry.names}
         policy: Policy | None = None
+        fit = getattr(
+            pl_module, "image_fit", None
+        )  # the DataModule's image contract (None: pad, area filter)
         for ep in episodes:
             size = image_size or _frame_size(ep)
             if policy is None or policy.obs_spec.image_size != size:
@@ -104,6 +106,7 @@ class OpenLoopActionError(L.Callback):
                     sample_steps=self.sample_steps,
                     device=pl_module.device,
                     seed=self.seed,
+                    image_fit=fit if fit is not None and fit.size == size else None,
                 )
             policy.reset()  # re-seeds the sampling noise: each episode is scored with the same draws
             mean = np.asarray(normalizer.stats[ep.embodiment]["action"]["mean"], np.float32)
@@ -114,11 +117,8 @@ class OpenLoopActionError(L.Callback):
                 obs = {
                     "embodiment": ep.embodiment,
                     "state": ep.state[t],
-                    "images": {
-                        c: _resized(f[t], size)
-                        for c, f in ep.frames.items()
-                        if c in policy.obs_spec.camera_names
-                    },
+                    # Stored frames as they are: the policy's batch contract fits them, as the stream does.
+                    "images": {c: f[t] for c, f in ep.frames.items() if c in policy.obs_spec.camera_names},
                     "instruction": ep.instruction,
                 }
                 # predict_chunk, not act: a held-out episode may lack a camera its spec lists, which the
@@ -149,10 +149,3 @@ def _frame_size(ep: Episode) -> int:
     if not ep.frames:
         raise ValueError(f"episode {ep.key} has no frames: open-loop evaluation needs the observation shards")
     return int(next(iter(ep.frames.values())).shape[1])
-
-
-def _resized(frame: np.ndarray, size: int) -> np.ndarray:
-    if frame.shape[0] == size and frame.shape[1] == size:
-        return frame
-    # The filter the training data pipeline resizes with (PIL bilinear), so the model sees the same pixels.
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))

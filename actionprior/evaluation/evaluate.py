@@ -22,14 +22,6 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from actionprior.evaluation.report import print_table, write_all
 from actionprior.evaluation.rollout import (
@@ -48,6 +40,7 @@ from actionprior.inference.execution import (
     execution_from_args,
 )
 from actionprior.inference.observation import ObservationSpec
+from actionprior.progress import progress_bar
 
 
 class EvaluationError(ValueError):
@@ -233,15 +226,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_with_progress(jobs, factory, env_factory, workers: int, console: Console) -> list[EpisodeResult]:
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     successes: list[bool] = []
-    with Progress(*columns, console=console) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("episodes", total=len(jobs))
 
         def on_result(r: EpisodeResult) -> None:

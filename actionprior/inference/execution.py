@@ -35,8 +35,8 @@ import numpy as np
 ExecutionMode = Literal["replan", "ensemble", "rtc"]
 EXECUTION_MODES = ("replan", "ensemble", "rtc")
 DEFAULT_ENSEMBLE_DECAY = 0.01  # ACT's m
-# RTC's settings live here, torch-free, so that a client can import this module without torch; the maths
-# (actionprior.models.rtc) takes them from here.
+# RTC's settings as the maths (actionprior.models.rtc, a lower layer) defines them, repeated torch-free so that a
+# client imports this module without torch; tests/test_execution.py pins them equal.
 MASK_KINDS = ("soft", "hard")
 DEFAULT_MAX_GUIDANCE = 5.0  # the paper's beta
 

@@ -4,7 +4,8 @@ A raw observation is what a simulator or robot produces, plus the embodiment nam
 
     {"embodiment": str, "state": float [Ds], "images": {camera: uint8 [h, w, 3]}, "instruction": str}
 
-The same validator runs in-process (:class:`~actionprior.inference.policy.Policy`) and in the policy
+Frames come at the camera's native size: the batch contract fits them to the policy's square image size
+(:mod:`actionprior.data.images`). The same validator runs in-process (:class:`~actionprior.inference.policy.Policy`) and in the policy
 server, so a request that the server accepts is exactly one that ``Policy.act`` accepts.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from actionprior.data.images import MAX_FRAME_PIXELS
 from actionprior.embodiments import EmbodimentRegistry
 
 OBSERVATION_KEYS = ("embodiment", "state", "images", "instruction")
@@ -28,7 +30,8 @@ class ObservationError(ValueError):
 
 @dataclass(frozen=True)
 class ObservationSpec:
-    """The inputs a policy was trained on: embodiments, camera order and square image size."""
+    """The inputs a policy was trained on: embodiments, camera order and the square image size frames are fitted
+    to (frames of any size are accepted)."""
 
     registry: EmbodimentRegistry
     camera_names: tuple[str, ...]
@@ -106,9 +109,12 @@ def validate_observation(obs: Any, spec: ObservationSpec) -> dict[str, Any]:
             raise ObservationError(f"image '{cam}' must be a numpy array, got {type(img).__name__}")
         if img.dtype != np.uint8:
             raise ObservationError(f"image '{cam}' must have dtype uint8, got {img.dtype}")
-        want = (spec.image_size, spec.image_size, 3)
-        if img.shape != want:
-            raise ObservationError(f"image '{cam}' must have shape {want} (h, w, rgb), got {img.shape}")
+        if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
+            raise ObservationError(f"image '{cam}' must be uint8 [h, w, 3] (rgb), got shape {img.shape}")
+        if img.shape[0] * img.shape[1] > MAX_FRAME_PIXELS:
+            raise ObservationError(
+                f"image '{cam}' has {img.shape[0]}x{img.shape[1]} pixels, more than {MAX_FRAME_PIXELS}"
+            )
 
     out = dict(obs)
     out["state"] = state.astype(np.float32, copy=False)

@@ -4,7 +4,12 @@
 training used (it travels inside the checkpoint), builds the model's batch (docs/contracts.md) from one
 raw observation plus the history ring buffer, samples an action chunk, un-normalises it and executes it as
 its execution mode says (:class:`~actionprior.inference.base.BasePolicy`); in ``rtc`` mode the chunk is
-inpainted to continue the previous one (:meth:`~actionprior.models.action_prior.ActionPrior.sample_rtc`).
+inpainted to continue the previous one (the action head's ``sample_rtc``). The action head is reached only
+through the VLA and the protocol of :mod:`actionprior.models.action_head`.
+
+Camera frames come at their native size: the batch contract fits them with the image contract the checkpoint
+records (size, pad or crop, interpolation; :mod:`actionprior.data.images`); a frame of another aspect ratio
+than training's is fitted too, with one warning line per camera and frame size.
 
 Sampling noise comes from a generator re-seeded on every ``reset()``, so an episode is reproducible and
 a server connection produces exactly the actions of an in-process policy with the same seed.
@@ -12,6 +17,7 @@ a server connection produces exactly the actions of an in-process policy with th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +26,11 @@ import torch
 
 from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.batch import BatchBuilder, to_torch
+from actionprior.data.images import ImageFit
 from actionprior.data.normalization import Normalizer
+from actionprior.data.reader import load_stats
 from actionprior.data.schema import STATS_FILE
 from actionprior.data.stats import stats_fingerprint
-from actionprior.data.writer import load_stats
 from actionprior.embodiments import EmbodimentError
 from actionprior.inference.base import BasePolicy, History
 from actionprior.inference.execution import ChunkGuide, ExecutionConfig, check_coverage, default_replan_every
@@ -31,14 +38,14 @@ from actionprior.inference.export import read_exported
 from actionprior.inference.observation import ObservationSpec
 from actionprior.models.rtc import RTCGuide
 
+log = logging.getLogger(__name__)
+
 
 class PolicyCheckpointError(ValueError):
     """A checkpoint cannot be turned into a policy (wrong kind, foreign statistics, missing fields)."""
 
 
 class Policy(BasePolicy):
-    supports_guidance = True
-
     def __init__(
         self,
         model: torch.nn.Module,
@@ -53,15 +60,24 @@ class Policy(BasePolicy):
         seed: int = 0,
         compile_decoder: bool = False,
         execution: ExecutionConfig | None = None,
+        image_fit: ImageFit | None = None,
     ):
         """``model`` has ``sample_actions(batch, steps, generator=...)`` -> ``[B, H, A_max]`` (normalised), and
-        for ``rtc`` execution also the ``guide=`` keyword (:class:`~actionprior.models.rtc.RTCGuide`).
+        for ``rtc`` execution ``can_guide`` true and the ``guide=`` keyword (:class:`~actionprior.models.rtc.RTCGuide`).
 
-        ``compile_decoder`` compiles the decoder's Euler loop (``torch.compile``; CUDA graphs on a GPU): opt-in,
-        since the first chunk then pays the compile time (tens of seconds)."""
+        ``compile_decoder`` compiles the action head's sampling loop (``torch.compile``; CUDA graphs on a GPU):
+        opt-in, since the first chunk then pays the compile time (tens of seconds). ``image_fit``: how frames are
+        fitted to ``image_size`` (default: pad, area filter, trained on square frames)."""
+        self.supports_guidance = bool(getattr(model, "can_guide", False))
+        if (execution or ExecutionConfig()).mode == "rtc" and not self.supports_guidance:
+            head = type(getattr(model, "head", model)).__name__
+            raise ValueError(
+                f"the action head {head} has no guided sampling (sample_rtc), which rtc execution needs; "
+                "use --execution replan or ensemble"
+            )
         self.model = model.to(device).eval()
         if compile_decoder:
-            self.model.prior.compile_sampler()
+            self.model.compile_sampler()
         self.normalizer = normalizer
         self.registry = normalizer.registry
         self.chunk_len = chunk_len
@@ -71,8 +87,14 @@ class Policy(BasePolicy):
         execution = execution or ExecutionConfig()
         replan_every = replan_every or default_replan_every(execution.mode, chunk_len)
         check_coverage(chunk_len, replan_every, execution.delay_steps)
+        self.image_fit = image_fit or ImageFit(image_size)
+        if self.image_fit.size != image_size:
+            raise ValueError(f"image_fit.size {self.image_fit.size} differs from image_size {image_size}")
+        self._aspect_noted: set[tuple[str, int, int]] = set()
         spec = ObservationSpec(self.registry, tuple(camera_names), image_size)
-        self.batches = BatchBuilder(self.registry, normalizer, chunk_len, history_len, camera_names)
+        self.batches = BatchBuilder(
+            self.registry, normalizer, chunk_len, history_len, camera_names, self.image_fit
+        )
         super().__init__(spec, replan_every=replan_every, history_len=history_len, execution=execution)
 
     @classmethod
@@ -112,7 +134,9 @@ class Policy(BasePolicy):
         """Rebuild the VLA with its embodiments, normaliser and camera order.
 
         ``expected_stats`` (a fingerprint or a ``stats.json``) makes the policy refuse a checkpoint trained
-        on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks.
+        on other statistics. ``image_size``/``history_len`` override or supply what the checkpoint lacks; frames
+        are fitted as the checkpoint's image contract says (``vla.image``; pad with the area filter when it
+        has none).
         """
         source = stored.source
         try:
@@ -135,6 +159,17 @@ class Policy(BasePolicy):
                     f"{source} uses history but does not record history_len; pass history_len="
                 )
             history_len = 0
+        recorded = settings.get("image")
+        try:
+            fit = (
+                ImageFit.from_dict(recorded, f"{source}: vla.image")
+                if recorded
+                else ImageFit(int(image_size))
+            )
+        except ValueError as exc:  # a DataError: the checkpoint is untrusted input
+            raise PolicyCheckpointError(str(exc)) from None
+        if fit.size != int(image_size):
+            fit = ImageFit(int(image_size), fit.resize, fit.interpolation, fit.source_sizes)
         camera_names = settings.get("camera_names")
         if not camera_names:
             raise PolicyCheckpointError(
@@ -145,7 +180,7 @@ class Policy(BasePolicy):
             stored.normalizer,
             camera_names,
             int(image_size),
-            chunk_len=vla.prior.config.chunk_len,
+            chunk_len=vla.chunk_len,
             history_len=int(history_len) if vla.use_history else 0,
             replan_every=replan_every,
             sample_steps=sample_steps,
@@ -153,6 +188,7 @@ class Policy(BasePolicy):
             seed=seed,
             compile_decoder=compile_decoder,
             execution=execution,
+            image_fit=fit,
         )
 
     # ------------------------------------------------------------------ state
@@ -165,6 +201,13 @@ class Policy(BasePolicy):
         """The model batch (B=1) for a validated raw observation: the training contract's
         (:class:`~actionprior.data.batch.BatchBuilder`), normalised and padded like training."""
         states, actions = history.recent()
+        for cam, frame in observation["images"].items():
+            h, w = np.shape(frame)[:2]
+            if (cam, h, w) not in self._aspect_noted:
+                self._aspect_noted.add((cam, h, w))
+                note = self.image_fit.aspect_note(cam, h, w)
+                if note:
+                    log.warning(note)
         batch = self.batches.observation(
             observation["embodiment"],
             observation["state"],
@@ -230,7 +273,7 @@ def check_stats_fingerprint(normalizer: Normalizer, expected: str | Path | None,
     normalisation fingerprint (statistics and mode, ``normalization_fingerprint`` in ``describe()``) or the
     ``fingerprint`` field of the stats.json it was trained on (statistics only; equal when the model was
     trained on that one dataset's statistics). A file is read like training reads it
-    (:func:`~actionprior.data.writer.load_stats`: bounded, validated) and normalised with the checkpoint's
+    (:func:`~actionprior.data.reader.load_stats`: bounded, validated) and normalised with the checkpoint's
     mode and registry, so the exact statistics a model was trained with are accepted.
     """
     if expected is None:

@@ -1,13 +1,15 @@
 """The Stage 1 action prior: encoder (state/action window -> z) + flow-matching decoder (z -> action chunk).
 
 Everything here works in normalised units on batch tensors padded to the registry's max dims
-(docs/contracts.md). Un-normalisation belongs to :mod:`actionprior.models.action_scaling`.
+(docs/contracts.md). It is also the VLA's default action head (registered as ``action_prior``,
+:mod:`actionprior.models.action_head`): ``loss``/``sample`` with every optional capability (``encode``,
+``sample_rtc``, ``compile_sampler``). Un-normalisation belongs to :mod:`actionprior.training.action_scaling`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.models.action_encoder import ActionEncoder
+from actionprior.models.action_head import HeadSettings, refuse_unknown_keys, register_head
 from actionprior.models.embodiment_io import IO_MODES, IOMode
 from actionprior.models.flow_decoder import DecoderContext, FlowDecoder, StepConditioning
 from actionprior.models.flow_matching import (
@@ -33,13 +36,8 @@ def _architecture(default: Any) -> Any:
     return field(default=default, metadata={"architecture": True})
 
 
-def _derived(default_factory: Any, architecture: bool = True) -> Any:
-    """Not a setting of the prior: filled from the data (:meth:`ActionPriorConfig.bind`), stored in checkpoints."""
-    return field(default_factory=default_factory, init=False, metadata={"architecture": architecture})
-
-
 @dataclass
-class ActionPriorConfig:
+class ActionPriorConfig(HeadSettings):
     """The action prior's settings: each field is one YAML key (``model.init_args.prior.<field>``).
 
     Args:
@@ -65,30 +63,10 @@ class ActionPriorConfig:
     flow_beta: float = 1.0
     sample_steps: int = 5
     dropout: float = 0.0
-    chunk_len: int = _derived(lambda: 16, architecture=False)
-    max_state_dim: int = _derived(int)
-    max_action_dim: int = _derived(int)
-    state_dims: list[int] = _derived(list)
-    action_dims: list[int] = _derived(list)
-
-    @classmethod
-    def settings(cls) -> tuple[str, ...]:
-        """The user-facing keys (everything but the derived embodiment dims)."""
-        return tuple(f.name for f in fields(cls) if f.init)
-
-    @classmethod
-    def architecture_keys(cls) -> tuple[str, ...]:
-        """Keys that fix the weights' shapes and meaning (compared against checkpoints)."""
-        return tuple(f.name for f in fields(cls) if f.metadata.get("architecture"))
 
     def bind(self, registry: EmbodimentRegistry, chunk_len: int | None = None) -> ActionPriorConfig:
         """A copy with the embodiment dims of ``registry`` and the data's ``chunk_len`` filled in."""
-        bound = replace(self)
-        bound.chunk_len = int(chunk_len if chunk_len is not None else self.chunk_len)
-        if bound.chunk_len < 1:
-            raise ValueError(f"invalid ActionPriorConfig: chunk_len must be >= 1, got {bound.chunk_len}")
-        bound.max_state_dim, bound.max_action_dim = registry.max_state_dim, registry.max_action_dim
-        bound.state_dims, bound.action_dims = list(registry.state_dims), list(registry.action_dims)
+        bound = super().bind(registry, chunk_len)
         bound.check_dims()
         return bound
 
@@ -140,16 +118,10 @@ class ActionPriorConfig:
             )
         return problems
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ActionPriorConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> ActionPriorConfig:
         """Settings and (when present) embodiment dims, e.g. from a checkpoint; unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ActionPriorConfig keys {unknown}; allowed: {sorted(known)}")
+        refuse_unknown_keys(cls, data)
         config = cls.__new__(cls)  # every problem is reported at once, settings and dims alike
         for f in fields(cls):
             if f.name in data:
@@ -162,7 +134,10 @@ class ActionPriorConfig:
         return config
 
 
+@register_head("action_prior", ActionPriorConfig)
 class ActionPrior(nn.Module):
+    """The action prior (see the module docstring); as a VLA action head, ``cond`` is the latent ``z``."""
+
     def __init__(self, config: ActionPriorConfig):
         super().__init__()
         if not config.state_dims:
@@ -187,6 +162,10 @@ class ActionPrior(nn.Module):
         self.decoder = FlowDecoder(**common)
         self._compiled_loop: Callable[..., Tensor] | None = None  # set by compile_sampler
 
+    @property
+    def cond_dim(self) -> int:
+        return self.config.latent_dim
+
     def encode(
         self, state: Tensor | None, action: Tensor, step_mask: Tensor, embodiment_id: Tensor
     ) -> Tensor:
@@ -198,7 +177,7 @@ class ActionPrior(nn.Module):
     ) -> Tensor:
         return self.decoder(x_t, t, z, embodiment_id, step_mask)
 
-    def flow_loss(
+    def loss(
         self,
         z: Tensor,
         action: Tensor,

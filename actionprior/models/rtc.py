@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from actionprior.inference.execution import DEFAULT_MAX_GUIDANCE, MASK_KINDS
-
 MaskKind = Literal["soft", "hard"]
+MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
+DEFAULT_MAX_GUIDANCE = 5.0  # the paper's beta
+# actionprior.inference.execution repeats these two torch-free, for clients without torch (a test pins them).
 
 
 def rtc_weights(chunk_len: int, frozen: Tensor, overlap: Tensor, kind: MaskKind = "soft") -> Tensor:

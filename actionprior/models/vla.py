@@ -1,17 +1,21 @@
-"""The vision-language-action model: VLM backbone -> latent ``z'`` -> Stage 1 flow decoder -> action chunk.
+"""The vision-language-action model: VLM backbone -> latent ``z'`` -> action head -> action chunk.
 
-The VLM reads the camera frames, the instruction, an optional history token (``z_hist``, the Stage 1
-encoder's summary of the past state/action window, projected to the VLM width) and ``Q`` learned query
-tokens. An MLP maps the query tokens' final hidden states to ``z'``; the Stage 1 decoder (the action
-head) turns ``z'`` into an action chunk by flow matching. The Stage 1 encoder also provides the
-alignment target ``z = enc(ground-truth window)`` during the early, distillation part of training.
+The VLM reads the camera frames, the instruction, an optional state token, an optional history token
+(``z_hist``, the Stage 1 encoder's summary of the past state/action window, projected to the VLM width) and
+``Q`` learned query tokens. The *latent head* (an MLP) maps the query tokens' final hidden states to ``z'``; the
+*action head* turns ``z'`` into an action chunk. The action head is reached only through the protocol of
+:mod:`actionprior.models.action_head`; the paper's is the Stage 1 prior (its flow decoder samples the chunk,
+its encoder gives the alignment target ``z = enc(ground-truth window)`` during the early, distillation part
+of training). :meth:`VLAConfig.build` is the one place a VLA is assembled, for training and from checkpoints.
 
-Loss (paper): ``L = L_pred + lambda * (L_align + L_recon)`` with
+Loss (paper): ``L = L_pred + aux_weight * (L_align + L_recon)``, ``aux_weight`` being the paper's lambda, with
 
-* ``L_pred``  = decoder flow-matching loss conditioned on ``z'``;
+* ``L_pred``  = the head's loss conditioned on ``z'`` (the decoder's flow-matching loss for the prior);
 * ``L_align`` = ``||z' - sg(z)||^2``, as a mean over latent dims (``z`` is layer-normalised, so this is
   on the same scale for any ``latent_dim``) and over the batch;
-* ``L_recon`` = decoder flow-matching loss conditioned on ``z`` (keeps the encoder/decoder pair a prior).
+* ``L_recon`` = the head's loss conditioned on ``z`` (keeps the encoder/decoder pair a prior).
+
+The auxiliary terms and the history token need a head with a latent (``encode``).
 
 With history, the objective is ``(L(z_hist) + L(no history)) / 2``. ``history_mode="exact"`` runs both
 passes (one VLM forward over the batch stacked twice, then one flow loss per pass). ``L_recon`` does not
@@ -24,15 +28,23 @@ attention, which is equivalent to leaving it out of the sequence.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actionprior.models.action_prior import ActionPrior
+from actionprior.models.action_head import (
+    ActionHead,
+    can_compile,
+    can_guide,
+    has_latent,
+    head_type,
+    refuse_unknown_keys,
+)
 from actionprior.models.backbones import VLMBackbone
 from actionprior.models.rtc import RTCGuide
 from actionprior.models.state_token import StateToken
@@ -45,7 +57,7 @@ PRIOR_INITS = ("stage1", "scratch")
 
 @dataclass
 class VLAConfig:
-    """The VLA's settings besides the action prior: each field is one YAML key (``model.init_args.vla.<field>``).
+    """The VLA's settings besides the action head's: each field is one YAML key (``model.init_args.vla.<field>``).
 
     Args:
         backbone: hub id, local ``save_pretrained`` directory or ``tiny:<family>``.
@@ -53,15 +65,19 @@ class VLAConfig:
         gradient_checkpointing: recompute the backbone's activations in backward (memory for compute).
         backbone_dtype: e.g. ``bfloat16`` to load a large backbone in half precision (None = as stored).
         num_queries: Q learned query tokens appended after image, instruction (and history) tokens.
-        head_hidden: hidden width of the MLP from the query hidden states to ``z'``.
+        head_hidden: hidden width of the latent head (the MLP from the query hidden states to ``z'``).
         use_state: feed the current proprioceptive state as one token (:mod:`actionprior.models.state_token`).
             Not in the paper's VLA; checkpoints written before this setting existed are read as False.
         use_history: feed ``z_hist`` (encoder on the history window) as one token.
         history_mode: ``exact`` = the paper's ``(L(z_hist) + L(none)) / 2`` with both passes;
             ``stochastic`` = one pass, history token dropped per sample with p = 0.5 (cheaper, noisier).
         action_prior: ``stage1`` = the action head starts from a Stage 1 checkpoint and is annealed towards
-            it (lambda > 0); ``scratch`` = the paper's no-prior baseline (decoder from scratch, lambda = 0).
+            it (aux_weight > 0); ``scratch`` = the paper's no-prior baseline (head from scratch, aux_weight = 0).
             Training refuses to start when this choice and the given checkpoint disagree.
+        head: the registered name of the action head (:mod:`actionprior.models.action_head`); its settings
+            are ``model.init_args.prior`` for ``action_prior`` (the default), ``model.init_args.head`` otherwise.
+            ``module:name`` imports ``module`` first (the file that registers a head of your own; a config is
+            trusted) and keeps ``name``; a stored config (a checkpoint) must give the bare name.
     """
 
     backbone: str = "tiny:qwen3_vl"
@@ -74,8 +90,12 @@ class VLAConfig:
     use_history: bool = False
     history_mode: HistoryMode = "exact"
     action_prior: PriorInit = "stage1"
+    head: str = "action_prior"
 
     def __post_init__(self) -> None:
+        if ":" in self.head:  # a user's config: import the module that registers the head
+            module, _, self.head = self.head.partition(":")
+            importlib.import_module(module)
         problems = []
         if self.history_mode not in HISTORY_MODES:
             problems.append(f"history_mode must be one of {HISTORY_MODES}, got '{self.history_mode}'")
@@ -92,12 +112,45 @@ class VLAConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VLAConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VLAConfig keys {unknown}; allowed: {sorted(known)}")
+        refuse_unknown_keys(cls, data)
+        # A stored config is untrusted: it never chooses a module to import.
+        if ":" in str(data.get("head", "")):
+            raise ValueError(
+                f"a stored VLA config names its action head by its registered name, got {data['head']!r}"
+            )
         # Checkpoints and exports written before the state token existed were trained without it.
         return cls(**{"use_state": False, **data})
+
+    def build(
+        self,
+        head_config: Any,
+        backbone_spec: Mapping[str, Any] | None = None,
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool | None = None,
+    ) -> VLA:
+        """The VLA of these settings: the one place it is assembled (``VLAModule`` and
+        :meth:`~actionprior.checkpoint.StoredCheckpoint.build_vla`).
+
+        ``head_config``: the bound config of the head named by :attr:`head`. ``backbone_spec``: rebuild the
+        backbone offline from a checkpoint's spec (its weights come from the state dict) instead of loading
+        :attr:`backbone`. ``attn_implementation`` / ``gradient_checkpointing`` override the settings' own.
+        """
+        kind = head_type(self.head)
+        if self.action_prior == "stage1" and kind.name != "action_prior":
+            raise ValueError(
+                f"vla.head '{self.head}' is not the Stage 1 action prior: set vla.action_prior: scratch"
+            )
+        attn = attn_implementation or self.attn_implementation
+        checkpointing = (
+            self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        )
+        if backbone_spec is not None:
+            backbone = VLMBackbone.from_spec(dict(backbone_spec), attn, checkpointing)
+        else:
+            backbone = VLMBackbone.from_pretrained(
+                self.backbone, attn, checkpointing, torch_dtype=self.backbone_dtype
+            )
+        return VLA.from_config(backbone, kind.build(kind.config_from(head_config)), self)
 
 
 @dataclass
@@ -113,10 +166,12 @@ class VLALoss:
 
 
 class VLA(nn.Module):
+    """VLM backbone + latent head + action head (see the module docstring)."""
+
     def __init__(
         self,
         backbone: VLMBackbone,
-        prior: ActionPrior,
+        head: ActionHead,
         num_queries: int = 1,
         use_history: bool = False,
         head_hidden: int = 512,
@@ -125,12 +180,17 @@ class VLA(nn.Module):
         super().__init__()
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+        if use_history and not has_latent(head):
+            raise ValueError(
+                f"the history token needs an action head with a latent (encode); {type(head).__name__} has "
+                "none: set vla.use_history: false"
+            )
         self.backbone = backbone
-        self.prior = prior
+        self.head = head
         self.num_queries = num_queries
         self.use_history = use_history
         self.use_state = use_state
-        width, latent = backbone.hidden_size, prior.config.latent_dim
+        width, latent = backbone.hidden_size, head.cond_dim
         # Query tokens start at the scale of typical token embeddings so they do not dominate attention.
         self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
         self.latent_head = nn.Sequential(
@@ -147,13 +207,13 @@ class VLA(nn.Module):
             if use_history
             else None
         )
-        c = prior.config
+        c = head.config
         self.state_token = StateToken(c.state_dims, c.max_state_dim, width) if use_state else None
 
     @classmethod
-    def from_config(cls, backbone: VLMBackbone, prior: ActionPrior, config: VLAConfig) -> VLA:
+    def from_config(cls, backbone: VLMBackbone, head: ActionHead, config: VLAConfig) -> VLA:
         return cls(
-            backbone, prior, config.num_queries, config.use_history, config.head_hidden, config.use_state
+            backbone, head, config.num_queries, config.use_history, config.head_hidden, config.use_state
         )
 
     @torch.no_grad()
@@ -175,7 +235,37 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ pieces
     @property
     def latent_dim(self) -> int:
-        return self.prior.config.latent_dim
+        """The width of ``z'`` (the action head's ``cond_dim``)."""
+        return self.head.cond_dim
+
+    @property
+    def chunk_len(self) -> int:
+        return int(self.head.config.chunk_len)
+
+    @property
+    def can_guide(self) -> bool:
+        """The action head can continue a previous chunk (``rtc`` execution)."""
+        return can_guide(self.head)
+
+    def compile_sampler(self, **options: Any) -> None:
+        """Compile the action head's sampling loop (refused, in one line, by a head without one)."""
+        if not can_compile(self.head):
+            raise ValueError(
+                f"action head {type(self.head).__name__} has no compiled sampler (compile_sampler)"
+            )
+        self.head.compile_sampler(**options)
+
+    def eager_sampler(self) -> None:
+        if can_compile(self.head):
+            self.head.eager_sampler()
+
+    def _encode(self, state: Tensor | None, action: Tensor, mask: Tensor, embodiment_id: Tensor) -> Tensor:
+        if not has_latent(self.head):
+            raise ValueError(
+                f"action head {type(self.head).__name__} has no latent (encode): the auxiliary terms and the "
+                "history token need one (aux_weight 0, vla.use_history: false)"
+            )
+        return self.head.encode(state, action, mask, embodiment_id)
 
     def history_latent(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """``z_hist [B, latent]`` from the history window and ``has_history [B]`` (any real past step)."""
@@ -185,14 +275,12 @@ class VLA(nn.Module):
                     f"use_history is on but the batch has no '{key}' (set history_len > 0 in the data)"
                 )
         mask = batch["history_mask"].bool()
-        z_hist = self.prior.encode(
-            batch["history_state"], batch["history_action"], mask, batch["embodiment_id"]
-        )
+        z_hist = self._encode(batch["history_state"], batch["history_action"], mask, batch["embodiment_id"])
         return z_hist, mask.any(dim=1)
 
     def target_latent(self, batch: Mapping[str, Any]) -> Tensor:
         """``z = enc(ground-truth window)``: the alignment target and the reconstruction condition."""
-        return self.prior.encode(
+        return self._encode(
             batch["state"], batch["action"], batch["step_mask"].bool(), batch["embodiment_id"]
         )
 
@@ -253,10 +341,10 @@ class VLA(nn.Module):
         z = recon = None
         if aux:
             z = self.target_latent(batch)
-            recon = self.prior.flow_loss(z, action, step_mask, dim_mask, emb)
+            recon = self.head.loss(z, action, step_mask, dim_mask, emb)
 
         def pass_terms(z_pred: Tensor) -> tuple[Tensor, Tensor | None]:
-            pred = self.prior.flow_loss(z_pred, action, step_mask, dim_mask, emb)
+            pred = self.head.loss(z_pred, action, step_mask, dim_mask, emb)
             align = F.mse_loss(z_pred, z.detach()) if z is not None else None
             return pred, align
 
@@ -299,8 +387,12 @@ class VLA(nn.Module):
         generator: torch.Generator | None = None,
         guide: RTCGuide | None = None,
     ) -> Tensor:
-        """An action chunk ``[B, chunk_len, max_action_dim]`` in normalised units (VLM once, decoder ``steps``x);
-        with ``guide``, inpainted to continue the previous chunk (:meth:`ActionPrior.sample_rtc`)."""
+        """An action chunk ``[B, chunk_len, max_action_dim]`` in normalised units (VLM once, then the head's
+        sampler); with ``guide``, inpainted to continue the previous chunk (the head's ``sample_rtc``)."""
+        if guide is not None and not self.can_guide:
+            raise ValueError(
+                f"action head {type(self.head).__name__} has no guided sampling (sample_rtc) for rtc execution"
+            )
         z_hist = history_on = None
         if self.use_history:
             z_hist, history_on = self.history_latent(batch)
@@ -308,7 +400,7 @@ class VLA(nn.Module):
                 history_on = torch.zeros_like(history_on)
         z_pred = self.predict_latent(batch, z_hist, history_on)
         if guide is not None:
-            return self.prior.sample_rtc(
+            return self.head.sample_rtc(
                 z_pred, batch["embodiment_id"], guide, steps=steps, generator=generator
             )
-        return self.prior.sample(z_pred, batch["embodiment_id"], steps=steps, generator=generator)
+        return self.head.sample(z_pred, batch["embodiment_id"], steps=steps, generator=generator)

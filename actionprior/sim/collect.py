@@ -27,19 +27,13 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from actionprior.data.images import ImageFit
 from actionprior.data.schema import DataError, Episode
 from actionprior.data.writer import DatasetWriter
 from actionprior.embodiments import DEFAULT_EMBODIMENT_DIR, EmbodimentRegistry
+from actionprior.progress import progress_bar
 from actionprior.sim.base import SimEnv, SimError, ensure_gl_backend
 from actionprior.sim.suite import DEFAULT_SUITE, Suite, SuiteError, load_suite
 
@@ -130,6 +124,15 @@ def run_episode(env: SimEnv, expert: Any, seed: int) -> tuple[dict[str, np.ndarr
     return arrays, success
 
 
+def _fitted(frames: np.ndarray, size: int) -> np.ndarray:
+    """A camera's ``[T, h, w, 3]`` frames as the image contract fits them: the simulators render square frames
+    of the requested size, which pass unchanged; any other render is fitted like every other path's frames."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    fit = ImageFit(size)
+    return np.stack([fit(f) for f in frames])
+
+
 # Per-worker state: the progress queue and the most recently used environment (units of one task are
 # queued consecutively, so one cached env avoids most of the 3-6 s simulator builds).
 _PROGRESS: Any = None
@@ -199,7 +202,11 @@ def run_unit(
                     action=arrays["action"],
                     success=True,
                     control_rate_hz=spec.control_rate_hz,
-                    frames={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("frames/")},
+                    frames={
+                        k.split("/", 1)[1]: _fitted(v, image_size)
+                        for k, v in arrays.items()
+                        if k.startswith("frames/")
+                    },
                     extra={
                         "seed": seed,
                         "base_seed": base_seed,
@@ -318,15 +325,7 @@ def collect(
             empty.append(result.unit.name)
 
     targets = sum(u.target for u in todo)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("discarded {task.fields[discarded]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(console, "discarded {task.fields[discarded]}") as progress:
         bar = progress.add_task(f"collect {suite.name}", total=targets, discarded=0)
         discarded = 0
 

@@ -8,7 +8,7 @@ measures why, with the baseline built both ways:
 * ``no prior, decoder without zero init``: the same decoder with its zero-initialised layers given PyTorch's
   default Linear initialisation (a baseline head "whose initial predictions are far from zero").
 * ``prior, fresh z' head``: the Stage 1 decoder conditioned on the z' of an untrained head.
-* ``prior, z' head at mean latent``: the same with ``zhead_init=stage1_mean``.
+* ``prior, z' head at mean latent``: the same with ``latent_head_init=stage1_mean``.
 * ``prior, z' = z (oracle)``: the decoder conditioned on the encoder's latent of the true window, the floor
   ``L_align`` pulls towards.
 
@@ -30,22 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from actionprior.checkpoint import StoredCheckpoint
 from actionprior.data.datamodule import ActionPriorDataModule, DatasetSource
 from actionprior.models.vla import VLAConfig
-from actionprior.resources import default_config_arg, resolve_config_arg
+from actionprior.resources import default_config_arg
 from actionprior.study.plan import INITIAL_LOSS_VARIANTS as VARIANTS
 from actionprior.study.plan import mixture
 from actionprior.training.configs import settings_dict
+from actionprior.training.lightning_cli import read_stage_config
 from actionprior.training.transfer import ActionPriorTransfer, mean_stage1_latent
 from actionprior.training.vla_module import VLAModule
 
 
 def _stage2_settings() -> tuple[dict[str, Any], dict[str, Any]]:
-    config = yaml.safe_load(Path(resolve_config_arg(default_config_arg("stage2.yaml"))).read_text())
+    """stage2.yaml's VLA and data settings, as the CLI parses them."""
+    config = read_stage_config(default_config_arg("stage2.yaml"))
     return config["model"]["init_args"]["vla"], config["data"]
 
 
@@ -79,7 +80,7 @@ def _pred_loss(module: VLAModule, batches: list[dict[str, Any]], oracle: bool = 
         vla = module.model
         z = vla.target_latent(batch) if oracle else vla.predict_latent(batch)
         mask, dims = batch["step_mask"].bool(), batch["action_dim_mask"].bool()
-        losses.append(float(vla.prior.flow_loss(z, batch["action"], mask, dims, batch["embodiment_id"])))
+        losses.append(float(vla.head.loss(z, batch["action"], mask, dims, batch["embodiment_id"])))
     return statistics.fmean(losses)
 
 
@@ -116,7 +117,7 @@ def _one_seed(stage1_ckpt: str, data: list[str], seed: int, batches: int) -> dic
 
     scratch = _module(dm, vla, prior, scratch=True, seed=seed)
     out["no prior, adaLN-zero decoder"] = _pred_loss(scratch, scored)
-    _undo_zero_init(scratch.model.prior.decoder)
+    _undo_zero_init(scratch.model.head.decoder)
     out["no prior, decoder without zero init"] = _pred_loss(scratch, scored)
 
     with_prior = _module(dm, vla, prior, scratch=False, seed=seed)

@@ -18,9 +18,10 @@ import json
 import os
 from pathlib import Path
 
+from actionprior.data.reader import load_manifest
 from actionprior.data.schema import SCHEMA_VERSION, STATS_FILE
 from actionprior.data.stats import compute_stats, stats_fingerprint
-from actionprior.data.writer import iter_trajectories, load_manifest
+from actionprior.data.writer import iter_trajectories
 
 
 def write_joint_stats(directories: list[Path]) -> dict[str, dict]:

@@ -56,7 +56,7 @@ class Preset:
     stage1_steps: int
     stage2_steps: int
     early_step: int  # the fixed early step of the data-scaling comparison
-    decay_fraction: float  # lambda reaches 0 at this fraction of Stage 2 (paper: 5k of 50k steps)
+    decay_fraction: float  # aux_weight (the paper's lambda) reaches 0 at this fraction of Stage 2 (paper: 5k of 50k steps)
     seeds: tuple[int, ...]  # Stage 2 training seeds
     eval_rich_episodes: int  # per data-rich task and training seed
     eval_scarce_episodes: int  # per Panda task and training seed (0: derived from scarce_half_width)
@@ -157,7 +157,7 @@ class Row:
     name: str
     prior: str | None  # Stage 1 unit key (None: no prior)
     ablation: str  # configs/ablations/<name>.yaml
-    zhead_init: str = "default"
+    latent_head_init: str = "default"
     probe: bool = False  # record the early-training probe
     early_eval: bool = False  # also evaluate the checkpoint at Preset.early_step
     needs_adaptation: bool = False  # the prior lacks an embodiment of Stage 2 (new-embodiment adaptation)
@@ -181,7 +181,7 @@ ROWS: tuple[Row, ...] = (
     Row("action-state prior, 4x Stage 1 data", "as-4x", "action_state_prior", early_eval=True),
     Row("action-state prior, 4x Stage 1 data, equal passes", "as-4x-passes", "action_state_prior", early_eval=True),
     Row("unseen robot (prior without Panda)", "as-unseen", "action_state_prior", needs_adaptation=True),
-    Row("action-state prior, z' head at mean latent", "as-1x", "action_state_prior", zhead_init="stage1_mean",
+    Row("action-state prior, z' head at mean latent", "as-1x", "action_state_prior", latent_head_init="stage1_mean",
         probe=True),
 )  # fmt: skip
 
@@ -407,7 +407,7 @@ def write_callbacks(path: Path, preset: Preset, row: Row, probe_out: Path) -> No
     callbacks: list[dict[str, Any]] = [
         {
             "class_path": "actionprior.training.transfer.ActionPriorTransfer",
-            "init_args": {"decay_steps": preset.decay_steps, "zhead_init": row.zhead_init},
+            "init_args": {"decay_steps": preset.decay_steps, "latent_head_init": row.latent_head_init},
         }
     ]
     if row.probe:

@@ -1,7 +1,7 @@
 """Early-training probe: ``L_pred`` alone and the gradient norms it causes, over the first Stage 2 steps.
 
 The gradient logged during training (``train/grad_norm*``) is the gradient of the whole loss, which with a
-prior includes ``lambda * (L_align + L_recon)``. The paper's "16x lower gradient norm" is about ``L_pred``;
+prior includes ``aux_weight * (L_align + L_recon)``. The paper's "16x lower gradient norm" is about ``L_pred``;
 this callback measures exactly that: before each of the first ``steps`` optimizer steps it evaluates
 ``L_pred`` on the training batch (auxiliary weight 0) and the norm of its gradient with respect to the
 backbone and to the action module (prior, query tokens, heads) separately, under a forked RNG and without

@@ -25,8 +25,8 @@ from actionprior.checkpoint import (
     data_contract,
 )
 from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
-from actionprior.models.action_scaling import ActionScaler
 from actionprior.models.adaptation import AdaptationReport, transfer_prior_weights
+from actionprior.training.action_scaling import ActionScaler
 from actionprior.training.configs import as_prior_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
@@ -72,8 +72,8 @@ class ActionPriorModule(L.LightningModule):
         self.model = ActionPrior(config)
         self.scaler = ActionScaler(self.normalizer, config.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
-        # The prior this run was adapted from (``--init_from``), recorded in its checkpoints.
-        self.init_source: str | None = None
+        # The prior this run was adapted from (``--init_from``), recorded in its checkpoints as prior_source.
+        self.prior_source: str | None = None
 
     @property
     def config(self) -> ActionPriorConfig:
@@ -92,7 +92,7 @@ class ActionPriorModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._check_batch(batch)
         z = self._encode(batch)
-        loss = self.model.flow_loss(
+        loss = self.model.loss(
             z, batch["action"], batch["step_mask"], batch["action_dim_mask"], batch["embodiment_id"]
         )
         b = z.shape[0]
@@ -124,7 +124,7 @@ class ActionPriorModule(L.LightningModule):
             )
         generator = torch.Generator(device=action.device).manual_seed(self.hparams.val_seed + batch_idx)
         z = self._encode(batch)
-        loss = self.model.flow_loss(z, action, step_mask, batch["action_dim_mask"], eid, generator=generator)
+        loss = self.model.loss(z, action, step_mask, batch["action_dim_mask"], eid, generator=generator)
         self.log("val/flow_loss", loss, prog_bar=True, batch_size=z.shape[0], sync_dist=True)
         pred = self.model.sample(z, eid, generator=generator, step_mask=step_mask)
         target = self.scaler.unnormalize(action, eid)
@@ -172,20 +172,21 @@ class ActionPriorModule(L.LightningModule):
             normalizer=self.normalizer,
         )
         report = transfer_prior_weights(stored.build_prior(), stored.registry, self.model, self.registry)
-        self.init_source = stored.source
+        self.prior_source = stored.source
         log.info("Stage 1: initialised from %s: %s", stored.source, report.summary())
         return report
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = checkpoint_payload(self.config, self.registry, self.normalizer)
-        checkpoint[CHECKPOINT_KEY]["init_from"] = self.init_source
+        checkpoint[CHECKPOINT_KEY] = checkpoint_payload(
+            self.config, self.registry, self.normalizer, prior_source=self.prior_source
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming (``--ckpt_path``) into a module built from different data or a different architecture
         # would otherwise fail later with an opaque shape error, or worse, train on mis-normalised data.
         source = "the checkpoint being resumed (--ckpt_path)"
         stored = StoredCheckpoint.from_dict(checkpoint, source).expect_stage(1, "Stage 1 resume")
-        self.init_source = stored.payload.get("init_from")
+        self.prior_source = stored.prior_source
         check_compatible(
             stored.payload,
             source,

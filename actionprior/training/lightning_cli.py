@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,9 @@ def init_from_settings(config: Any) -> str | None:
     if resume == "last":
         resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
     if resume and not config.data.get("stats_from") and Path(resume).is_file():
-        from actionprior.checkpoint import CHECKPOINT_KEY, load_checkpoint_file
+        from actionprior.checkpoint_file import load_checkpoint_file, read_payload
 
-        if (load_checkpoint_file(resume).get(CHECKPOINT_KEY) or {}).get("init_from"):
+        if read_payload(load_checkpoint_file(resume), resume).get("prior_source"):
             config.data.stats_from = resume
     return None
 
@@ -219,7 +220,7 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
     """Give the Stage 2 module the action prior's settings when its config leaves ``prior`` unset: from the
     Stage 1 checkpoint, or when resuming without one, from the Stage 2 checkpoint being resumed. Returns the
     Stage 1 :class:`~actionprior.checkpoint.StoredCheckpoint` read (None without ``stage1_ckpt``)."""
-    from actionprior.checkpoint import load_checkpoint_file
+    from actionprior.checkpoint_file import load_checkpoint_file
     from actionprior.training.checkpoint_files import read_stage1_checkpoint
     from actionprior.training.configs import settings_dict
 
@@ -228,8 +229,11 @@ def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: st
         if not Path(stage1_ckpt).is_file():
             raise FileNotFoundError(f"--stage1_ckpt: no checkpoint file at '{stage1_ckpt}'")
         stage1 = read_stage1_checkpoint(stage1_ckpt)
-    if init_args.get("prior") is not None:
-        return stage1  # set in the config: the transfer callback checks it against the checkpoint
+    vla = init_args.get("vla")
+    head = vla.get("head") if hasattr(vla, "get") else getattr(vla, "head", None)
+    if init_args.get("prior") is not None or (head or "action_prior") != "action_prior":
+        # Set in the config (the transfer callback checks it against the checkpoint), or another action head.
+        return stage1
     if stage1 is not None:
         source, stored = stage1_ckpt, settings_dict(stage1.prior_config)
     elif resume_ckpt and Path(resume_ckpt).is_file():
@@ -257,6 +261,40 @@ def show_info_logs() -> None:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
+
+
+class _ConfigReader(ActionPriorCLI):
+    """The CLI up to parsing: the same parser, defaults, links and checks, but nothing is seeded, read or built."""
+
+    def _set_seed(self) -> None:  # parsing a config must not reseed the caller's global RNGs
+        return
+
+    def before_instantiate_classes(self) -> None:
+        return
+
+    def instantiate_classes(self) -> None:
+        return
+
+
+def read_stage_config(*configs: str | Path, args: Sequence[str] = ()) -> dict[str, Any]:
+    """A stage's settings as ``actionprior fit -c CONFIG ... ARGS`` would parse them (the CLI's own parser: its
+    defaults, ``data.chunk_len`` linked into the model, unknown keys refused), as plain dicts, with nothing
+    instantiated: no dataset is read, no model built. For code that needs a stage config (benchmarks, the study).
+    ``configs`` may be paths or ``actionprior:<name>`` (a shipped config)."""
+    from actionprior.data.datamodule import ActionPriorDataModule
+    from actionprior.resources import resolve_config_arg
+
+    argv = [f"--config={resolve_config_arg(str(c))}" for c in configs] + list(args)
+    reader = _ConfigReader(
+        model_class=LightningModule,
+        subclass_mode_model=True,
+        datamodule_class=ActionPriorDataModule,
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
+        args=argv,
+        run=False,
+    )
+    return reader.config.as_dict()
 
 
 def run(argv: list[str] | None = None) -> None:

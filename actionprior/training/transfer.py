@@ -1,4 +1,4 @@
-"""Stage 1 -> Stage 2: load the action prior into the VLA and anneal the auxiliary weight lambda.
+"""Stage 1 -> Stage 2: load the action prior into the VLA and anneal the auxiliary weight ``aux_weight``.
 
 :class:`ActionPriorTransfer` is the only place where Stage 1 weights enter Stage 2:
 
@@ -6,9 +6,9 @@
   when used from Python), refuses it (naming every difference) unless the prior's architecture matches the
   VLA's and every embodiment it knows is in the data with the same dims and normalisation statistics, and
   copies the encoder and decoder tensors in (robots new to the prior get fresh projections; the log says so);
-* before every training batch it sets ``aux_weight = lambda(k) = max(0, 1 - k / decay_steps)`` on the
-  module, with ``k`` the number of optimizer steps taken so far (``trainer.global_step``), so gradient
-  accumulation does not change the schedule;
+* before every training batch it sets ``aux_weight = max(0, 1 - k / decay_steps)`` on the module (the
+  paper's lambda(k), with ``decay_steps`` its N_decay), ``k`` the number of optimizer steps taken so far
+  (``trainer.global_step``), so gradient accumulation does not change the schedule;
 * a run resumed from a Stage 2 checkpoint never reloads Stage 1 weights (the module's checkpoint records
   where its prior came from).
 
@@ -28,12 +28,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from actionprior.checkpoint import StoredCheckpoint, check_adaptable
+from actionprior.models.action_prior import ActionPrior
 from actionprior.models.adaptation import AdaptationReport, transfer_prior_weights
 
 log = logging.getLogger(__name__)
 
 
-ZHEAD_INITS = ("default", "stage1_mean")
+LATENT_HEAD_INITS = ("default", "stage1_mean")
 
 
 @torch.no_grad()
@@ -58,54 +59,71 @@ def mean_stage1_latent(pl_module: L.LightningModule, datamodule: Any, batches: i
             total = z.sum(0) if total is None else total + z.sum(0)
             count += z.shape[0]
     if not count:
-        raise ValueError("ActionPriorTransfer: zhead_init=stage1_mean found no training window to encode")
+        raise ValueError(
+            "ActionPriorTransfer: latent_head_init=stage1_mean found no training window to encode"
+        )
     return total / count
 
 
-def lambda_schedule(step: int, decay_steps: int) -> float:
-    """``max(0, 1 - step / decay_steps)``: 1 at the first step, 0 from ``decay_steps`` on."""
+def aux_weight_schedule(step: int, decay_steps: int) -> float:
+    """``aux_weight`` at optimizer step ``step``: ``max(0, 1 - step / decay_steps)``, 1 at the first step, 0
+    from ``decay_steps`` on (the paper's lambda(k) with N_decay = ``decay_steps``)."""
     if decay_steps < 1:
         raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
     return max(0.0, 1.0 - step / decay_steps)
 
 
 class ActionPriorTransfer(Callback):
-    """Loads the Stage 1 prior into a :class:`~actionprior.training.vla_module.VLAModule` and anneals lambda.
+    """Loads the Stage 1 prior into a :class:`~actionprior.training.vla_module.VLAModule` and anneals
+    ``aux_weight``.
 
     Args:
         stage1_ckpt: the Stage 1 checkpoint (``--stage1_ckpt`` on the CLI sets it).
-        decay_steps: N_decay, the optimizer step at which lambda reaches 0 (paper: 5000).
-        zhead_init: how the ``z'`` head starts when a prior is loaded: ``default`` (PyTorch's initialisation)
-            or ``stage1_mean`` (``z'`` starts at the mean Stage 1 latent of ``zhead_init_batches`` training
-            batches, see ``VLA.start_latent_head_at``). Only a fresh Stage 2 run is affected.
-        zhead_init_batches: training batches encoded for the mean latent.
+        decay_steps: the optimizer step at which ``aux_weight`` reaches 0 (the paper's N_decay: 5000).
+        latent_head_init: how the latent head (the ``z'`` head) starts when a prior is loaded: ``default``
+            (PyTorch's initialisation) or ``stage1_mean`` (``z'`` starts at the mean Stage 1 latent of
+            ``latent_head_init_batches`` training batches, see ``VLA.start_latent_head_at``). Only a fresh Stage 2
+            run is affected.
+        latent_head_init_batches: training batches encoded for the mean latent.
+        zhead_init, zhead_init_batches: deprecated names of the two above (accepted with a warning).
     """
 
     def __init__(
         self,
         stage1_ckpt: str | None = None,
         decay_steps: int = 5000,
-        zhead_init: str = "default",
-        zhead_init_batches: int = 4,
+        latent_head_init: str = "default",
+        latent_head_init_batches: int = 4,
+        zhead_init: str | None = None,
+        zhead_init_batches: int | None = None,
     ):
         super().__init__()
+        for old, new, value in (
+            ("zhead_init", "latent_head_init", zhead_init),
+            ("zhead_init_batches", "latent_head_init_batches", zhead_init_batches),
+        ):
+            if value is not None:
+                log.warning("ActionPriorTransfer: %s is deprecated, use %s (same meaning)", old, new)
+        latent_head_init = zhead_init if zhead_init is not None else latent_head_init
+        if zhead_init_batches is not None:
+            latent_head_init_batches = zhead_init_batches
         if decay_steps < 1:
             raise ValueError(f"ActionPriorTransfer: decay_steps must be >= 1, got {decay_steps}")
-        if zhead_init not in ZHEAD_INITS:
+        if latent_head_init not in LATENT_HEAD_INITS:
             raise ValueError(
-                f"ActionPriorTransfer: zhead_init must be one of {ZHEAD_INITS}, got '{zhead_init}'"
+                f"ActionPriorTransfer: latent_head_init must be one of {LATENT_HEAD_INITS}, got '{latent_head_init}'"
             )
         self.stage1_ckpt = stage1_ckpt
         self.decay_steps = decay_steps
-        self.zhead_init = zhead_init
-        self.zhead_init_batches = max(1, int(zhead_init_batches))
+        self.latent_head_init = latent_head_init
+        self.latent_head_init_batches = max(1, int(latent_head_init_batches))
         # The checkpoint already read by the CLI (so that a Stage 2 start reads the file once).
         self.stage1: StoredCheckpoint | None = None
 
     def aux_weight(self, pl_module: L.LightningModule, step: int) -> float:
         if pl_module.vla_config.action_prior != "stage1":
             return 0.0
-        return lambda_schedule(step, self.decay_steps)
+        return aux_weight_schedule(step, self.decay_steps)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -123,20 +141,21 @@ class ActionPriorTransfer(Callback):
                 pl_module.prior_source,
             )
         elif scratch:
-            log.info("ActionPriorTransfer: no-prior baseline: decoder from scratch, lambda = 0")
+            log.info("ActionPriorTransfer: no-prior baseline: action head from scratch, aux_weight = 0")
         elif self.stage1_ckpt:
             self.load_into(pl_module, self.stage1 or StoredCheckpoint.read(self.stage1_ckpt))
             self.stage1 = None  # the weights are in the module now; do not hold a second copy
-            if self.zhead_init == "stage1_mean":
+            if self.latent_head_init == "stage1_mean":
                 datamodule = getattr(trainer, "datamodule", None)
                 if datamodule is None:
                     raise ValueError(
-                        "ActionPriorTransfer: zhead_init=stage1_mean needs the trainer's DataModule"
+                        "ActionPriorTransfer: latent_head_init=stage1_mean needs the trainer's DataModule"
                     )
-                mean = mean_stage1_latent(pl_module, datamodule, self.zhead_init_batches)
+                mean = mean_stage1_latent(pl_module, datamodule, self.latent_head_init_batches)
                 pl_module.model.start_latent_head_at(mean)
                 log.info(
-                    "ActionPriorTransfer: z' head starts at the mean Stage 1 latent (norm %.3f)", mean.norm()
+                    "ActionPriorTransfer: the latent (z') head starts at the mean Stage 1 latent (norm %.3f)",
+                    mean.norm(),
                 )
         else:
             raise ValueError(
@@ -175,6 +194,11 @@ class ActionPriorTransfer(Callback):
         if not isinstance(stage1, StoredCheckpoint):
             stage1 = StoredCheckpoint.read(stage1)
         stage1.expect_stage(1, "--stage1_ckpt")
+        if not isinstance(pl_module.model.head, ActionPrior):
+            raise ValueError(
+                f"ActionPriorTransfer: the VLA's action head '{pl_module.vla_config.head}' is not the action "
+                "prior; a Stage 1 checkpoint cannot be loaded into it"
+            )
         source = f"Stage 1 checkpoint '{stage1.source}'"
         # The checkpoint's embodiments may be a subset of the data's (a robot the prior has never seen);
         # the ones it knows must be the same robots with the same statistics.
@@ -182,13 +206,13 @@ class ActionPriorTransfer(Callback):
             stage1,
             source,
             registry=pl_module.registry,
-            config=pl_module.prior_config,
+            config=pl_module.head_config,
             normalizer=pl_module.normalizer,
             allow_dropped=False,
         )
         # Copies in place, so optimizer state set up before fit start keeps its tensors.
         report = transfer_prior_weights(
-            stage1.build_prior(), stage1.registry, pl_module.model.prior, pl_module.registry
+            stage1.build_prior(), stage1.registry, pl_module.model.head, pl_module.registry
         )
         pl_module.prior_source = stage1.source
         log.info(

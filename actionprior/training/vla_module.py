@@ -1,18 +1,20 @@
-"""Stage 2 training: the VLA (VLM backbone -> z' -> Stage 1 decoder) as a LightningModule.
+"""Stage 2 training: the VLA (VLM backbone -> z' -> action head) as a LightningModule.
 
-Orchestration only; the model and its loss live in :mod:`actionprior.models.vla`. The module builds the
-VLA from its configs, computes ``L = L_pred + aux_weight * (L_align + L_recon)`` with ``aux_weight`` = lambda(k)
-set by the :class:`~actionprior.training.transfer.ActionPriorTransfer` callback (always 0 for the scratch
-baseline: no auxiliary branch), logs every term, aux_weight, the gradient norm, latent statistics and per-embodiment action error, and
-configures AdamW with separate learning rates for the backbone and the action module.
+Orchestration only; the model and its loss live in :mod:`actionprior.models.vla`, and the module assembles
+the VLA with :meth:`~actionprior.models.vla.VLAConfig.build` (as checkpoints do). It computes
+``L = L_pred + aux_weight * (L_align + L_recon)`` with ``aux_weight`` (the paper's lambda) set by the
+:class:`~actionprior.training.transfer.ActionPriorTransfer` callback (always 0 for the scratch baseline: no
+auxiliary branch), logs every term, aux_weight, the gradient norm, latent statistics and per-embodiment action
+error, and configures AdamW with separate learning rates for the backbone and the action module. Any action
+head registered in :mod:`actionprior.models.action_head` trains here unchanged.
 
 Checkpoints are self-contained for inference: ``checkpoint["actionprior"]`` holds the Stage 1 payload
-(prior config, embodiments, normalisation + fingerprints) plus a ``vla`` entry with the VLA's settings,
-the camera order and the backbone *spec* -- the text of the config, tokenizer and image-processor files
-that ``save_pretrained`` writes (a few MB for a Qwen tokenizer). The backbone weights are in the state
-dict, so :meth:`actionprior.checkpoint.StoredCheckpoint.build_vla` rebuilds the VLA with no data, no hub and no local model
-directory. The spec is also written into the hyperparameters, so ``VLAModule.load_from_checkpoint``
-rebuilds the backbone from it instead of downloading.
+(head config, embodiments, normalisation + fingerprints, where the prior came from) plus a ``vla`` entry with
+the VLA's settings, the camera order, the image contract and the backbone *spec* -- the text of the config,
+tokenizer and image-processor files that ``save_pretrained`` writes (a few MB for a Qwen tokenizer). The
+backbone weights are in the state dict, so :meth:`actionprior.checkpoint.StoredCheckpoint.build_vla` rebuilds
+the VLA with no data, no hub and no local model directory. The spec is also written into the
+hyperparameters, so ``VLAModule.load_from_checkpoint`` rebuilds the backbone from it instead of downloading.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from actionprior.checkpoint import (
     checkpoint_payload,
     data_contract,
 )
-from actionprior.models.action_prior import ActionPrior, ActionPriorConfig
-from actionprior.models.action_scaling import ActionScaler
-from actionprior.models.backbones import VLMBackbone
-from actionprior.models.vla import VLA, VLAConfig
+from actionprior.data.images import ImageFit
+from actionprior.models.action_prior import ActionPriorConfig
+from actionprior.models.vla import VLAConfig
+from actionprior.training.action_scaling import ActionScaler
 from actionprior.training.augment import random_shift
-from actionprior.training.configs import as_prior_config, as_vla_config, settings_dict
+from actionprior.training.configs import as_head_config, as_vla_config, settings_dict
 from actionprior.training.metrics import EmbodimentActionError
 from actionprior.training.optim import adamw_warmup_cosine, param_groups, total_training_steps
 
@@ -63,15 +65,18 @@ class VLAModule(L.LightningModule):
     Args:
         vla: the VLA's settings (:class:`~actionprior.models.vla.VLAConfig`: backbone, queries, history, and
             ``action_prior``: ``stage1`` or the ``scratch`` baseline).
-        prior: the action prior's settings. Leave unset to take them from the Stage 1 checkpoint (the CLI reads
-            ``--stage1_ckpt``, or the checkpoint being resumed, before building the module); when set together
-            with a checkpoint, its architecture must equal the checkpoint's. The ``scratch`` baseline without
-            ``prior`` uses :class:`~actionprior.models.action_prior.ActionPriorConfig`'s defaults, which are
-            Stage 1's.
+        prior: the action prior's settings (the action head ``vla.head: action_prior``, the default). Leave unset
+            to take them from the Stage 1 checkpoint (the CLI reads ``--stage1_ckpt``, or the checkpoint being
+            resumed, before building the module); when set together with a checkpoint, its architecture must
+            equal the checkpoint's. The ``scratch`` baseline without ``prior`` uses
+            :class:`~actionprior.models.action_prior.ActionPriorConfig`'s defaults, which are Stage 1's.
+        head: the settings of any other registered action head (``vla.head``), a mapping or its config object;
+            unset: the head's defaults.
         chunk_len: actions per chunk (the CLI links it from ``data.chunk_len``).
-        lr: learning rate of the action module (prior, queries, heads); lr_backbone: of the backbone.
+        lr: learning rate of the action module (action head, queries, latent head); lr_backbone: of the backbone.
         weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup + cosine (see training/optim.py).
-        freeze_backbone, freeze_encoder, freeze_decoder: exclude a component from training.
+        freeze_backbone, freeze_encoder, freeze_decoder: exclude a component from training (the encoder and
+            decoder of the action prior; refused for a head without that part).
         train_error_every_n_steps: how often to sample chunks on a training batch for the per-embodiment
             action error (0 = never; validation always reports it).
         val_seed: seeds validation noise so validation numbers are comparable between runs.
@@ -84,6 +89,7 @@ class VLAModule(L.LightningModule):
         self,
         vla: VLAConfig | None = None,
         prior: ActionPriorConfig | None = None,
+        head: dict[str, Any] | None = None,
         chunk_len: int = 16,
         lr: float = 3e-4,
         lr_backbone: float = 1e-4,
@@ -104,44 +110,38 @@ class VLAModule(L.LightningModule):
     ):
         super().__init__()
         vla = as_vla_config(vla)
-        prior = as_prior_config(prior)
-        if prior is None:
+        settings = as_head_config(vla, prior, head)
+        if settings is None:
             if vla.action_prior != "scratch":
                 raise ValueError(
                     "VLAModule: the action prior's settings are not set. Pass --stage1_ckpt to take them from "
                     "the Stage 1 checkpoint, or train the no-prior baseline (-c configs/ablations/no_prior.yaml)"
                 )
-            prior = ActionPriorConfig()
-        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__", "backbone_spec")}
+            settings = ActionPriorConfig()
+        hparams = {
+            k: v for k, v in locals().items() if k not in ("self", "__class__", "backbone_spec", "settings")
+        }
         # Plain containers only: checkpoints are read back with torch.load(weights_only=True).
-        self.save_hyperparameters({**hparams, "vla": vla.to_dict(), "prior": settings_dict(prior)})
+        key = "prior" if isinstance(settings, ActionPriorConfig) else "head"
+        self.save_hyperparameters({**hparams, "vla": vla.to_dict(), key: settings_dict(settings)})
         self.vla_config = vla
         self.registry, self.normalizer = data_contract(embodiments, normalization, "VLAModule")
-        self.prior_config = prior.bind(self.registry, chunk_len)
-        if (
-            backbone_spec is not None
-        ):  # rebuilding from a checkpoint: no hub, weights come from the state dict
-            backbone = VLMBackbone.from_spec(
-                backbone_spec, vla.attn_implementation, vla.gradient_checkpointing
-            )
-        else:
-            backbone = VLMBackbone.from_pretrained(
-                vla.backbone,
-                vla.attn_implementation,
-                vla.gradient_checkpointing,
-                torch_dtype=vla.backbone_dtype,
-            )
-        self.model = VLA.from_config(backbone, ActionPrior(self.prior_config), vla)
-        for flag, part in (
-            (freeze_backbone, self.model.backbone),
-            (freeze_encoder, self.model.prior.encoder),
-            (freeze_decoder, self.model.prior.decoder),
+        self.head_config = settings.bind(self.registry, chunk_len)
+        # From a checkpoint (backbone_spec): no hub, the weights come from the state dict.
+        self.model = vla.build(self.head_config, backbone_spec)
+        for flag, owner, part in (
+            (freeze_backbone, self.model, "backbone"),
+            (freeze_encoder, self.model.head, "encoder"),
+            (freeze_decoder, self.model.head, "decoder"),
         ):
             if flag:
-                part.requires_grad_(False)
+                if not isinstance(getattr(owner, part, None), nn.Module):
+                    raise ValueError(f"VLAModule: freeze_{part}: the action head '{vla.head}' has no {part}")
+                getattr(owner, part).requires_grad_(False)
         self.camera_names = list(camera_names) if camera_names is not None else None
         # What inference must reproduce of the data pipeline; filled from the DataModule in setup().
         self.image_size: int | None = None
+        self.image_fit: ImageFit | None = None
         self.history_len: int | None = None
         self.scaler = ActionScaler(self.normalizer, self.registry.max_action_dim)
         self.val_error = EmbodimentActionError(self.registry.names)
@@ -149,13 +149,13 @@ class VLAModule(L.LightningModule):
         # The Stage 1 checkpoint whose weights the action prior started from (None: not loaded, or scratch).
         # Set by ActionPriorTransfer.load_into, kept in this module's checkpoints.
         self.prior_source: str | None = None
-        # lambda(k), the weight of L_align + L_recon; the ActionPriorTransfer callback sets it before every
-        # batch. Always 0 for the scratch baseline: no auxiliary branch.
+        # The weight of L_align + L_recon (the paper's lambda); the ActionPriorTransfer callback sets it before
+        # every batch. Always 0 for the scratch baseline: no auxiliary branch.
         self.aux_weight: float = 0.0
 
     def on_fit_start(self) -> None:
         # The no-prior choice is the model's, not only the callback's: a prior run whose prior was never loaded
-        # would otherwise train with a random decoder and lambda annealing towards a random encoder.
+        # would otherwise train with a random decoder and aux_weight annealing towards a random encoder.
         if self.vla_config.action_prior == "stage1" and self.prior_source is None:
             raise ValueError(
                 "VLAModule: vla.action_prior is 'stage1' but no Stage 1 weights were loaded: pass --stage1_ckpt "
@@ -181,6 +181,7 @@ class VLAModule(L.LightningModule):
                 "drop model.init_args.camera_names or set data.camera_names to the same order"
             )
         self.image_size = getattr(datamodule, "image_size", None)
+        self.image_fit = getattr(datamodule, "image_fit", None)
         self.history_len = getattr(datamodule, "history_len", None)
 
     # ------------------------------------------------------------------ steps
@@ -193,10 +194,10 @@ class VLAModule(L.LightningModule):
                 f"Stage 2 batch lacks keys {missing}; it has {sorted(batch)} "
                 "(use the DataModule's observation view; see docs/contracts.md)"
             )
-        if batch["action"].shape[1] != self.prior_config.chunk_len:
+        if batch["action"].shape[1] != self.head_config.chunk_len:
             raise ValueError(
-                f"batch chunks have {batch['action'].shape[1]} steps but the decoder predicts "
-                f"chunk_len={self.prior_config.chunk_len}; set data.chunk_len and model chunk_len alike"
+                f"batch chunks have {batch['action'].shape[1]} steps but the action head predicts "
+                f"chunk_len={self.head_config.chunk_len}; set data.chunk_len and model chunk_len alike"
             )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -227,7 +228,7 @@ class VLAModule(L.LightningModule):
         for name, module in (
             ("", self.model),
             ("_backbone", self.model.backbone),
-            ("_prior", self.model.prior),
+            ("_prior", self.model.head),  # the tag keeps its name: runs are compared by it
         ):
             grads = [p.grad for p in module.parameters() if p.grad is not None]
             if grads:
@@ -238,7 +239,7 @@ class VLAModule(L.LightningModule):
         self, batch: Mapping[str, Any], z_pred: Tensor, metric: EmbodimentActionError, stage: str
     ):
         eid, action, step_mask = batch["embodiment_id"], batch["action"], batch["step_mask"]
-        pred = self.model.prior.sample(z_pred, eid, step_mask=step_mask)
+        pred = self.model.head.sample(z_pred, eid, step_mask=step_mask)
         metric.update(
             self.scaler.unnormalize(pred, eid),
             self.scaler.unnormalize(action, eid),
@@ -279,7 +280,7 @@ class VLAModule(L.LightningModule):
             heads["state_token"] = vla.state_token
         groups = (
             param_groups(vla.backbone, h.weight_decay, lr=h.lr_backbone, name="backbone")
-            + param_groups(vla.prior, h.weight_decay, lr=h.lr, name="action_prior")
+            + param_groups(vla.head, h.weight_decay, lr=h.lr, name="action_prior")
             + param_groups(heads, h.weight_decay, lr=h.lr, name="heads")
         )
         # Learned tokens are not weight-decayed (decay would only pull them towards zero).
@@ -303,14 +304,14 @@ class VLAModule(L.LightningModule):
             "config": self.vla_config.to_dict(),
             "camera_names": self.camera_names,
             "image_size": self.image_size,
+            "image": self.image_fit.to_dict() if self.image_fit is not None else None,
             "history_len": self.history_len,
-            "prior_source": self.prior_source,
             "backbone_spec": self.model.backbone.export_spec(),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         payload = checkpoint_payload(
-            self.prior_config, self.registry, self.normalizer, vla=self.vla_settings()
+            self.head_config, self.registry, self.normalizer, self.vla_settings(), self.prior_source
         )
         checkpoint[CHECKPOINT_KEY] = payload
         # So that load_from_checkpoint rebuilds the backbone from the stored spec, not from the hub.
@@ -324,9 +325,9 @@ class VLAModule(L.LightningModule):
             source,
             registry=self.registry,
             normalizer=self.normalizer,
-            config=self.prior_config,
+            config=self.head_config,
         )
-        mine, theirs = self.vla_config.to_dict(), stored.vla_settings["config"]
+        mine, theirs = self.vla_config.to_dict(), VLAConfig.from_dict(stored.vla_settings["config"]).to_dict()
         differ = [
             f"vla.{k} is {theirs.get(k)!r} in the checkpoint but {mine[k]!r} here"
             for k in mine
@@ -336,4 +337,4 @@ class VLAModule(L.LightningModule):
             raise CheckpointMismatchError(
                 f"{source} is incompatible with this configuration: {'; '.join(differ)}"
             )
-        self.prior_source = stored.vla_settings.get("prior_source")
+        self.prior_source = stored.prior_source

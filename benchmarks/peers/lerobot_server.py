@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from actionprior.data.images import ImageFit
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.inference.base import BasePolicy, History
 from actionprior.inference.observation import ObservationError, ObservationSpec, validate_observation
@@ -165,6 +166,8 @@ class LeRobotPolicy(BasePolicy):
         super().__init__(
             ObservationSpec(EmbodimentRegistry(specs), tuple(cameras), size), replan_every=min(steps)
         )
+        # Camera frames come at any size (as to our policies): fitted like the exported training frames were.
+        self._fit = ImageFit(size) if size else None
 
     def reset(self) -> None:
         super().reset()
@@ -186,12 +189,15 @@ class LeRobotPolicy(BasePolicy):
 
         loaded = self.policies[obs["embodiment"]]
         raw = {
-            "pixels": {cam: obs["images"][cam][None] for cam in loaded.cameras},
+            "pixels": {cam: self._fitted(obs["images"][cam])[None] for cam in loaded.cameras},
             "agent_pos": np.asarray(obs["state"], dtype=np.float32)[None],
         }
         batch = preprocess_observation(raw)
         batch["task"] = [obs["instruction"]]
         return loaded.preprocessor(batch)
+
+    def _fitted(self, frame: np.ndarray) -> np.ndarray:
+        return self._fit(frame) if self._fit is not None else frame
 
     def _select(self, policy: Any, obs: dict[str, Any]) -> np.ndarray:
         import torch

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Nothing heavy at import: the video encoder's worker process imports this package (see video.py), and the
-# exporter itself pulls in the shard readers (webdataset, torch).
-FRAME_MODES = ("video", "images")
+# exporter itself pulls in the shard readers (webdataset, torch); it is imported when a command runs.
+from actionprior.data.exporters.video import FRAME_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,13 +37,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actionprior.data.exporters import FRAME_MODES
 from actionprior.data.exporters import lerobot_stats as lstats
-from actionprior.data.exporters.video import VIDEO_PIX_FMT, CameraFile, EpisodeEncoder
+from actionprior.data.exporters.video import FRAME_MODES, VIDEO_PIX_FMT, CameraFile, EpisodeEncoder
+from actionprior.data.reader import dataset_views, load_manifest
 from actionprior.data.schema import DataError, Episode, encode_png
 from actionprior.data.shards import iter_episodes
 from actionprior.data.splits import Split
-from actionprior.data.writer import dataset_views, load_manifest
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
 FrameMode = Literal["video", "images"]

@@ -22,6 +22,8 @@ import numpy as np
 
 from actionprior.data.schema import DataError
 
+# How an export writes frames: as video (this module) or as one image file per frame.
+FRAME_MODES = ("video", "images")
 VIDEO_CODEC = "libsvtav1"
 VIDEO_PIX_FMT = "yuv420p"
 VIDEO_OPTIONS = {"g": "2", "crf": "30"}

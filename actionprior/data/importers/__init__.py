@@ -14,10 +14,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from actionprior.data.images import RESIZE_MODES
 from actionprior.data.importers.common import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SHARD_EPISODES,
-    RESIZE_MODES,
     SPEC_FILE,
     ImportFailure,
     remove_partial,

@@ -1,4 +1,5 @@
-"""What every importer shares: image fitting, episode validation and the parallel, resumable write loop.
+"""What every importer shares: episode validation and the parallel, resumable write loop (frames are fitted by
+:mod:`actionprior.data.images`, the one implementation every path shares).
 
 An import writes into ``OUT.partial/`` with the project's :class:`~actionprior.data.writer.DatasetWriter`
 (one shard per unit of consecutive source episodes) and renames it to ``OUT`` only after the statistics
@@ -18,91 +19,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from actionprior.data.schema import MANIFEST_FILE, DataError, Episode
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
+from actionprior.progress import progress_bar
 
-ResizeMode = Literal["pad", "crop"]
-RESIZE_MODES: tuple[str, ...] = ("pad", "crop")
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_SHARD_EPISODES = 10
 PARTIAL_SUFFIX = ".partial"
 SPEC_FILE = "embodiment.yaml"
-# Bounded readers: refuse frames larger than this many pixels (a 4K frame is 8.3 M).
-MAX_FRAME_PIXELS = 16_000_000
 
 
 class ImportFailure(DataError):
     """Bad source data; the message is one line naming the file (and episode) and what is wrong."""
-
-
-# swscale's area-averaging filter: the right one for the large downscales of camera frames to model input.
-INTERPOLATION = "AREA"
-
-
-def fitted_size(h: int, w: int, size: int, mode: ResizeMode = "pad") -> tuple[int, int]:
-    """``(height, width)`` an ``h x w`` frame is scaled to before :func:`place` pads or crops it to ``size``."""
-    scale = size / max(h, w) if mode == "pad" else size / min(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def place(resized: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
-    """A frame already scaled to :func:`fitted_size`, letterboxed (pad) or centre-cut (crop) to ``size``."""
-    nh, nw = resized.shape[:2]
-    if nh == size and nw == size:
-        return resized
-    if mode == "crop":
-        top, left = (nh - size) // 2, (nw - size) // 2
-        return np.ascontiguousarray(resized[top : top + size, left : left + size])
-    out = np.zeros((size, size, 3), dtype=np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
-    return out
-
-
-def fit_image(frame: np.ndarray, size: int, mode: ResizeMode = "pad") -> np.ndarray:
-    """A uint8 RGB ``[H, W, 3]`` frame made square ``[size, size, 3]``, keeping the aspect ratio.
-
-    ``pad`` (the default, letterbox) scales the longer side to ``size`` and centres the image on black
-    bars, so the whole field of view is kept; ``crop`` scales the shorter side to ``size`` and cuts the
-    centre. Scaling is FFmpeg's swscale (area filter) through PyAV, the same code that scales video frames
-    while converting them to RGB during import (:mod:`.video`). Inference must apply this function to live
-    camera frames: the choice is recorded in the manifest (``import.image``), in the embodiment spec
-    (``sim.image``) and in every episode's meta (``image_resize``, ``image_size``).
-    """
-    h, w = frame.shape[:2]
-    if h == size and w == size:
-        return frame
-    import av
-
-    nh, nw = fitted_size(h, w, size, mode)
-    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    resized = src.reformat(width=nw, height=nh, interpolation=INTERPOLATION).to_ndarray()
-    return place(resized, size, mode)
-
-
-def image_record(size: int, mode: ResizeMode) -> dict[str, Any]:
-    """How frames were made square; stored where inference can find it (see :func:`fit_image`)."""
-    return {
-        "size": int(size),
-        "resize": mode,
-        "pad_value": 0,
-        "interpolation": f"swscale {INTERPOLATION.lower()}",
-        "function": "actionprior.data.importers.common.fit_image",
-    }
 
 
 def short_name(key: str) -> str:
@@ -273,7 +207,8 @@ def run_import(
     """
     # Imported here, not at module level: worker processes import this module but never write, and the
     # writer pulls in webdataset (and torch), seconds of start-up per spawned worker.
-    from actionprior.data.writer import DatasetWriter, load_manifest
+    from actionprior.data.reader import load_manifest
+    from actionprior.data.writer import DatasetWriter
 
     start = time.perf_counter()
     console = console or Console()
@@ -298,15 +233,7 @@ def run_import(
         )
     writer.manifest["import"] = record
     todo = [u for u in units if not writer.has_shard(u.name)]
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("frames"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(console, "frames") as progress:
         bar = progress.add_task(
             f"import {out.name}", total=total_frames, completed=total_frames - sum(u.frames for u in todo)
         )
@@ -339,6 +266,56 @@ def run_import(
     return ImportReport(
         out, total_eps, total_frames, len(todo), len(units) - len(todo), time.perf_counter() - start
     )
+
+
+def camera_mapping(
+    text: str | None, available: Sequence[str], default: dict[str, str], where: str, what: str
+) -> list[tuple[str, str]]:
+    """``(short name, source key)`` of each imported camera: ``--cameras short=key,...`` or, without it, the
+    ``default`` (key -> short name). Keys must be among ``available`` (``what`` names them in messages), short
+    names plain (letters, digits, ``_``) and distinct."""
+    if text:
+        mapping = []
+        for part in text.split(","):
+            short, sep, key = (x.strip() for x in part.partition("="))
+            if not sep or not short or not key:
+                raise ImportFailure(f"--cameras: expected short=key, got '{part}'")
+            mapping.append((short, key))
+    else:
+        mapping = [(short, key) for key, short in default.items()]
+    for short, key in mapping:
+        if key not in available:
+            raise ImportFailure(f"{where}: {what} '{key}' not found ({what}s: {sorted(available)})")
+        if short_name(short) != short:
+            raise ImportFailure(f"--cameras: camera name '{short}' may hold only letters, digits and '_'")
+    shorts = [s for s, _ in mapping]
+    if len(set(shorts)) != len(shorts):
+        raise ImportFailure(f"{where}: camera short names {shorts} collide; name them with --cameras")
+    return mapping
+
+
+def import_record(
+    fmt: str,
+    source: str,
+    episodes: Sequence[int],
+    shard_episodes: int,
+    image: dict[str, Any],
+    cameras: dict[str, str],
+    spec: EmbodimentSpec,
+    **details: Any,
+) -> dict[str, Any]:
+    """The manifest's ``import`` entry: what was imported, how (``details``: the format's own choices), into
+    which spec; a resumed import must have the same one."""
+    return {
+        "format": fmt,
+        "source": source,
+        "episodes": list(episodes),
+        "shard_episodes": shard_episodes,
+        "image": image,
+        "cameras": cameras,
+        **details,
+        "embodiment": spec.to_dict(),
+    }
 
 
 def spec_yaml(spec: EmbodimentSpec) -> str:

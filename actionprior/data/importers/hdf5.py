@@ -28,22 +28,20 @@ from typing import Any
 import h5py
 import numpy as np
 
+from actionprior.data.images import MAX_FRAME_PIXELS, RESIZE_MODES, fit_image, image_record
 from actionprior.data.importers.common import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SHARD_EPISODES,
-    MAX_FRAME_PIXELS,
-    RESIZE_MODES,
     ImportFailure,
     Unit,
+    camera_mapping,
     check_contiguous,
-    fit_image,
-    image_record,
+    import_record,
     make_episode,
     parse_episode_selection,
     plan_units,
-    short_name,
 )
-from actionprior.data.importers.spec_guess import build_spec, concat_names, given_spec, slug
+from actionprior.data.importers.spec_guess import concat_names, import_spec, slug
 from actionprior.data.schema import Episode
 from actionprior.embodiments import EmbodimentSpec
 
@@ -254,20 +252,12 @@ def plan(
                 )
             )
         action_dim = int(np.prod(first["actions"].shape[1:]))
-        if cameras:
-            mapping = []
-            for part in cameras.split(","):
-                short, sep, key = part.partition("=")
-                if not sep or short_name(short.strip()) != short.strip():
-                    raise ImportFailure(f"--cameras: expected short=obs_key, got '{part}'")
-                mapping.append((short.strip(), key.strip()))
-        else:
-            mapping = [(k.removesuffix("_image"), k) for k in obs_keys if k.endswith("_image")]
-        for _, key in mapping:
-            if key not in obs_keys:
-                raise ImportFailure(
-                    f"{path}: {first.name}: camera obs '{key}' missing (obs keys: {obs_keys})"
-                )
+        default = {k: k.removesuffix("_image") for k in obs_keys if k.endswith("_image")}
+        mapping = camera_mapping(cameras, obs_keys, default, f"{path}: {first.name}", "obs key")
+        native: dict[str, tuple[int, int]] = {}
+        for short, key in mapping:
+            if len(obs[key].shape) == 4:  # [T, H, W, 3]: checked per episode when it is read
+                native[short] = (int(obs[key].shape[1]), int(obs[key].shape[2]))
         rate = fps or (env_args.get("env_kwargs") or {}).get("control_freq")
         if not isinstance(rate, (int, float)) or rate <= 0:
             raise ImportFailure(f"{path}: no control_freq in env_args; pass --fps")
@@ -286,7 +276,7 @@ def plan(
                         f"{path}: {demos[i]}: no language instruction in the file's attributes; pass --instruction"
                     )
     name = embodiment or slug(f"hdf5_{env_name or path.stem}")
-    image = image_record(image_size, resize)  # type: ignore[arg-type]
+    image = image_record(image_size, resize, native)  # type: ignore[arg-type]
     shorts = [s for s, _ in mapping]
     sim = {
         "source": "robomimic_hdf5",
@@ -296,21 +286,20 @@ def plan(
         "state_keys": list(keys),
         "env_args": env_args,
     }
-    if spec_path is not None:
-        spec = given_spec(spec_path, sum(dims), action_dim, shorts, sim)
-    else:
-        spec = build_spec(
-            name=name,
-            state_names=concat_names(parts),
-            action_names=action_names,
-            control_rate_hz=float(rate),
-            cameras=shorts,
-            description=f"imported from robomimic-layout HDF5 {path.name} (env {env_name or 'unknown'})",
-            sim=sim,
-            control_mode=control_mode or ("osc_pose_delta" if osc else "unspecified"),
-            gripper_state=gripper_state_dims,
-            gripper_action=gripper_action_dims,
-        )
+    spec = import_spec(
+        spec_path,
+        embodiment,
+        name=name,
+        state_names=concat_names(parts),
+        action_names=action_names,
+        control_rate_hz=float(rate),
+        cameras=shorts,
+        description=f"imported from robomimic-layout HDF5 {path.name} (env {env_name or 'unknown'})",
+        sim=sim,
+        control_mode=control_mode or ("osc_pose_delta" if osc else "unspecified"),
+        gripper_state=gripper_state_dims,
+        gripper_action=gripper_action_dims,
+    )
     source = Hdf5Source(
         path=str(path),
         demos={i: demos[i] for i in selected},
@@ -326,19 +315,19 @@ def plan(
     with h5py.File(path, "r") as f:
         lengths = [int(f["data"][demos[i]]["actions"].shape[0]) for i in selected]
     units = plan_units(spec.name, selected, lengths, shard_episodes)
-    record = {
-        "format": "robomimic hdf5",
-        "source": str(path),
-        "episodes": selected,
-        "filter": filter_key,
-        "shard_episodes": shard_episodes,
-        "image": image,
-        "flip_images": flip_images,
-        "cameras": dict(mapping),
-        "state_keys": list(keys),
-        "instruction": instruction,
-        "embodiment": spec.to_dict(),
-    }
+    record = import_record(
+        "robomimic hdf5",
+        str(path),
+        selected,
+        shard_episodes,
+        image,
+        dict(mapping),
+        spec,
+        filter=filter_key,
+        flip_images=flip_images,
+        state_keys=list(keys),
+        instruction=instruction,
+    )
     return source, units, spec, record
 
 

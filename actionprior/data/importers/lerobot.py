@@ -26,21 +26,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actionprior.data.images import RESIZE_MODES, fit_image, image_record
 from actionprior.data.importers.common import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SHARD_EPISODES,
-    RESIZE_MODES,
     ImportFailure,
     Unit,
+    camera_mapping,
     check_contiguous,
-    fit_image,
-    image_record,
+    import_record,
     make_episode,
     parse_episode_selection,
     plan_units,
     short_name,
 )
-from actionprior.data.importers.spec_guess import build_spec, concat_names, feature_names, given_spec, slug
+from actionprior.data.importers.spec_guess import concat_names, feature_names, import_spec, slug
 from actionprior.data.importers.tabular import column_array, decode_image, format_path, image_bytes
 from actionprior.data.importers.video import VideoReader
 from actionprior.data.schema import Episode
@@ -374,25 +374,9 @@ def plan(
     action_dims = tuple(_feature_dim(features, k, info_path, "--action-key") for k in action_keys)
 
     camera_features = {k: v.get("dtype") for k, v in features.items() if v.get("dtype") in ("video", "image")}
-    if cameras:
-        mapping = []
-        for part in cameras.split(","):
-            short, sep, key = part.partition("=")
-            if not sep or not short.strip() or not key.strip():
-                raise ImportFailure(f"--cameras: expected short=feature_key, got '{part}'")
-            mapping.append((short.strip(), key.strip()))
-    else:
-        mapping = [(short_name(k), k) for k in camera_features]
-    for short, key in mapping:
-        if key not in camera_features:
-            raise ImportFailure(
-                f"{info_path}: camera feature '{key}' not found (camera features: {sorted(camera_features)})"
-            )
-        if short_name(short) != short:
-            raise ImportFailure(f"--cameras: camera name '{short}' may hold only letters, digits and '_'")
+    default = {k: short_name(k) for k in camera_features}
+    mapping = camera_mapping(cameras, list(camera_features), default, str(info_path), "camera feature")
     shorts = [s for s, _ in mapping]
-    if len(set(shorts)) != len(shorts):
-        raise ImportFailure(f"{info_path}: camera short names {shorts} collide; name them with --cameras")
 
     video_keys = [k for _, k in mapping if camera_features[k] == "video"]
     refs = _v3_episodes(root, info, video_keys) if version == "v3.0" else _v2_episodes(root, info, video_keys)
@@ -406,7 +390,8 @@ def plan(
     selected = parse_episode_selection(episodes, sorted(refs), meta_where)
 
     name = embodiment or slug(str(info.get("robot_type") or "")) or slug(f"lerobot_{root.name}")
-    image = image_record(image_size, resize)  # type: ignore[arg-type]
+    native = {short: _feature_hw(features[key]) for short, key in mapping}
+    image = image_record(image_size, resize, {k: hw for k, hw in native.items() if hw})  # type: ignore[arg-type]
     sim = {
         "source": "lerobot",
         "image": image,
@@ -426,25 +411,20 @@ def plan(
             for k, d in zip(action_keys, action_dims, strict=True)
         ]
     )
-    if spec_path is not None:
-        spec = given_spec(spec_path, sum(state_dims), sum(action_dims), shorts, sim)
-        if embodiment and embodiment != spec.name:
-            raise ImportFailure(
-                f"{spec_path}: spec is named '{spec.name}' but --embodiment says '{embodiment}'"
-            )
-    else:
-        spec = build_spec(
-            name=name,
-            state_names=state_names,
-            action_names=action_names,
-            control_rate_hz=float(fps),
-            cameras=shorts,
-            description=f"imported from LeRobot dataset {root.name} ({version}, robot_type {info.get('robot_type')})",
-            sim=sim,
-            control_mode=control_mode,
-            gripper_state=gripper_state_dims,
-            gripper_action=gripper_action_dims,
-        )
+    spec = import_spec(
+        spec_path,
+        embodiment,
+        name=name,
+        state_names=state_names,
+        action_names=action_names,
+        control_rate_hz=float(fps),
+        cameras=shorts,
+        description=f"imported from LeRobot dataset {root.name} ({version}, robot_type {info.get('robot_type')})",
+        sim=sim,
+        control_mode=control_mode,
+        gripper_state=gripper_state_dims,
+        gripper_action=gripper_action_dims,
+    )
     source = LeRobotSource(
         root=str(root),
         version=version,
@@ -462,18 +442,31 @@ def plan(
         threads=threads,
     )
     units = plan_units(spec.name, selected, [refs[i].length for i in selected], shard_episodes)
-    record = {
-        "format": f"lerobot {version}",
-        "source": str(root),
-        "episodes": selected,
-        "shard_episodes": shard_episodes,
-        "image": image,
-        "cameras": dict(mapping),
-        "state_keys": list(state_keys),
-        "action_keys": list(action_keys),
-        "embodiment": spec.to_dict(),
-    }
+    record = import_record(
+        f"lerobot {version}",
+        str(root),
+        selected,
+        shard_episodes,
+        image,
+        dict(mapping),
+        spec,
+        state_keys=list(state_keys),
+        action_keys=list(action_keys),
+    )
     return source, units, spec, record
+
+
+def _feature_hw(feature: dict[str, Any]) -> tuple[int, int] | None:
+    """A camera feature's native ``(height, width)`` from info.json (None when it does not say): its ``names``
+    place height and width, else the shape is ``[h, w, c]`` (LeRobot's layout) or ``[c, h, w]``."""
+    shape, names = feature.get("shape"), feature.get("names")
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(x, int) and x > 0 for x in shape):
+        return None
+    if isinstance(names, list) and "height" in names and "width" in names and len(names) == 3:
+        return shape[names.index("height")], shape[names.index("width")]
+    if shape[2] in (1, 3):
+        return shape[0], shape[1]
+    return (shape[1], shape[2]) if shape[0] in (1, 3) else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -109,3 +109,26 @@ def given_spec(
             "map them with --cameras short=feature_key,..."
         )
     return replace(spec, cameras=tuple(cameras), sim={**dict(spec.sim), **sim})
+
+
+def import_spec(
+    spec_path: str | Path | None,
+    embodiment: str | None,
+    *,
+    state_names: Sequence[str],
+    action_names: Sequence[str],
+    cameras: Sequence[str],
+    sim: dict[str, Any],
+    **guess: Any,
+) -> EmbodimentSpec:
+    """The embodiment spec of an import: the user's ``--spec`` (its dims and cameras checked against the source,
+    its name against ``--embodiment``), or one guessed from the source's names (:func:`build_spec`, ``guess``
+    holding its other arguments)."""
+    if spec_path is None:
+        return build_spec(
+            state_names=state_names, action_names=action_names, cameras=cameras, sim=sim, **guess
+        )
+    spec = given_spec(spec_path, len(state_names), len(action_names), cameras, sim)
+    if embodiment and embodiment != spec.name:
+        raise ImportFailure(f"{spec_path}: spec is named '{spec.name}' but --embodiment says '{embodiment}'")
+    return spec

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actionprior.data.importers.common import MAX_FRAME_PIXELS, ImportFailure
+from actionprior.data.images import MAX_FRAME_PIXELS
+from actionprior.data.importers.common import ImportFailure
 
 
 def column_array(col: pa.ChunkedArray | pa.Array, where: str, key: str) -> np.ndarray:

@@ -18,13 +18,16 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from actionprior.data.importers.common import (
-    INTERPOLATION,
+from actionprior.data.images import (
+    DEFAULT_INTERPOLATION,
+    INTERPOLATIONS,
     MAX_FRAME_PIXELS,
-    ImportFailure,
     ResizeMode,
     fitted_size,
     place,
+)
+from actionprior.data.importers.common import (
+    ImportFailure,
 )
 
 
@@ -75,7 +78,7 @@ class VideoReader:
 
     def frames_at(self, timestamps: np.ndarray, size: int, mode: ResizeMode, where: str) -> list[np.ndarray]:
         """The frame nearest each timestamp (seconds in the file's time line), made square like
-        :func:`~actionprior.data.importers.common.fit_image` does: swscale scales while it converts to RGB."""
+        :func:`~actionprior.data.images.fit_image` does: swscale scales while it converts to RGB."""
         nh, nw = fitted_size(*self.height_width, size, mode)
         timestamps = np.asarray(timestamps, dtype=np.float64)
         first, last = float(timestamps.min()), float(timestamps.max())
@@ -97,7 +100,11 @@ class VideoReader:
                     break
                 times.append(t)
                 rgb = self._rgb.reformat(
-                    frame, width=nw, height=nh, format="rgb24", interpolation=INTERPOLATION
+                    frame,
+                    width=nw,
+                    height=nh,
+                    format="rgb24",
+                    interpolation=INTERPOLATIONS[DEFAULT_INTERPOLATION],
                 ).to_ndarray()
                 frames.append(place(rgb, size, mode))
         except av.FFmpegError as exc:

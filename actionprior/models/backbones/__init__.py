@@ -4,7 +4,8 @@
 * ``generic.py``  -- the processor-driven path for any image-text model;
 * ``qwen.py``, ``smolvlm.py`` -- per-family fast paths (adapters);
 * ``layout_cache.py`` -- the per-layout tensor cache the Qwen adapters use;
-* ``tiny.py``     -- tiny random-weight models of real architectures (``tiny:<family>``) and full-size
+* ``tiny.py``     -- tiny random-weight models of real architectures (``tiny:<family>``; families in
+  ``tiny_families.py``, tokenizer in ``tiny_tokenizer.py``) and, in ``random_backbones.py``, full-size
   random ones (``random:qwen3_vl_2b``), built offline.
 """
 

@@ -149,7 +149,8 @@ class VLMBackbone(nn.Module):
             path, name = "generic", name[len(GENERIC_PREFIX) :]
         tokenizer = image_processor = None
         if name.startswith((TINY_PREFIX, RANDOM_PREFIX)):
-            from actionprior.models.backbones.tiny import build_random_backbone, build_tiny_backbone
+            from actionprior.models.backbones.random_backbones import build_random_backbone
+            from actionprior.models.backbones.tiny import build_tiny_backbone
 
             build = build_tiny_backbone if name.startswith(TINY_PREFIX) else build_random_backbone
             model, tokenizer, image_processor, processor = build(name.split(":", 1)[1], seed=tiny_seed)

@@ -1,4 +1,4 @@
-"""Batched (torch) action normalisation for padded multi-embodiment tensors.
+"""Batched (torch) action normalisation for padded multi-embodiment tensors (the training metrics' units).
 
 :class:`actionprior.data.normalization.Normalizer` is the single source of truth. This module copies its
 per-embodiment affine tables (:meth:`~actionprior.data.normalization.Normalizer.tables`) into ``[E, A_max]``
