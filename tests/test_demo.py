@@ -33,6 +33,9 @@ def test_demo_runs_collect_stage1_stage2_eval_with_consistent_paths(tmp_path: Pa
     assert not any(a.startswith("--ckpt_path") for a in stage1 + stage2)  # nothing to resume yet
     assert evaluate[evaluate.index("--ckpt") + 1] == str(runs / "stage2" / "checkpoints" / "last.ckpt")
     assert evaluate[evaluate.index("--out") + 1] == str(runs / "eval")
+    # The episodes docs/policy_quality.md measures on, 10 per task.
+    assert evaluate[evaluate.index("--seed") + 1] == "500"
+    assert evaluate[evaluate.index("--episodes-per-task") + 1] == "10"
 
 
 def test_an_interrupted_demo_resumes_training_from_last_checkpoint(tmp_path: Path, recorded) -> None:

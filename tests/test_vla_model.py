@@ -156,7 +156,9 @@ def test_state_token_ignores_padded_state_dims():
 def test_configs_written_before_the_state_token_read_as_without_it():
     from actionprior.models.vla import VLAConfig
 
-    assert VLAConfig().use_state is True
+    assert (
+        VLAConfig().use_state is False
+    )  # off by default: no closed-loop gain measured (docs/policy_quality.md)
     old = VLAConfig().to_dict()
     del old["use_state"]
     assert VLAConfig.from_dict(old).use_state is False

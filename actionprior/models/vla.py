@@ -86,7 +86,7 @@ class VLAConfig:
     backbone_dtype: str | None = None
     num_queries: int = 4
     head_hidden: int = 256
-    use_state: bool = True
+    use_state: bool = False
     use_history: bool = False
     history_mode: HistoryMode = "exact"
     action_prior: PriorInit = "stage1"
