@@ -250,3 +250,14 @@ def test_eval_refuses_execution_settings_that_cannot_apply() -> None:
     args = build_parser().parse_args(["--baseline", "random", "--delay-steps", "-2"])
     with pytest.raises(EvaluationError, match="--delay-steps must be >= 0"):
         _policy_setup(args, ["robosuite_panda_osc"])
+
+
+def test_a_task_keeps_its_episodes_when_the_suite_is_restricted() -> None:
+    full = make_jobs(
+        [("point", "reach-a", 30), ("point", "reach-b", 30)], 2, {"point": ("top",)}, base_seed=500
+    )
+    only_b = make_jobs([("point", "reach-b", 30)], 2, {"point": ("top",)}, base_seed=500, slots=[1])
+    assert [j.seed for j in full] == [500, 501, 1500, 1501]
+    assert [j.seed for j in only_b] == [1500, 1501]  # as in the full suite (--only keeps the episodes)
+    with pytest.raises(ValueError, match="2 suite positions for 1 entries"):
+        make_jobs([("point", "reach-b", 30)], 2, {"point": ("top",)}, slots=[0, 1])

@@ -174,7 +174,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     if args.episodes_per_task < 1:
         raise EvaluationError("--episodes-per-task must be >= 1")
     console = Console()
-    suite = load_suite(args.suite).select(args.only)
+    full_suite = load_suite(args.suite)
+    suite = full_suite.select(args.only)
     embodiments = suite.embodiments
     factory, info = _policy_setup(args, embodiments)
     policy_cameras = _cameras(info, embodiments)
@@ -191,6 +192,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         args.seed,
         args.videos_per_task,
         gripper_dims=grippers,
+        # A task's episodes do not depend on --only: the same seeds as in the full suite.
+        slots=[full_suite.tasks.index(t) for t in suite.tasks],
     )
     env_factory = SimEnvFactory(image_size, render, suite=str(args.suite))
     out = args.out or Path("runs/eval") / f"{Path(str(args.suite)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

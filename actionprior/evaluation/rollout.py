@@ -256,11 +256,20 @@ def make_jobs(
     base_seed: int = 0,
     videos_per_task: int = 1,
     gripper_dims: dict[str, tuple[int, ...]] | None = None,
+    slots: Sequence[int] | None = None,
 ) -> list[EpisodeJob]:
     """Jobs for ``(embodiment, task, max_steps)`` entries; seeds are distinct across the whole suite.
+
+    Episode ``ep`` of the entry in suite position ``slot`` gets seed ``base_seed + 1000 * slot + ep``. ``slots``
+    are the entries' positions in the whole suite (default: their order here): an evaluation restricted with
+    ``--only`` gives each task the same episodes as the full suite, so the two can be compared.
     ``gripper_dims``: per embodiment, the action dims the smoothness figures leave out."""
     jobs = []
-    for i, (embodiment, task, max_steps) in enumerate(entries):
+    entries = list(entries)
+    positions = list(slots) if slots is not None else list(range(len(entries)))
+    if len(positions) != len(entries):
+        raise ValueError(f"{len(positions)} suite positions for {len(entries)} entries")
+    for i, (embodiment, task, max_steps) in zip(positions, entries, strict=True):
         for ep in range(episodes_per_task):
             jobs.append(
                 EpisodeJob(
