@@ -26,12 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from actionprior.evaluation.smoothness import SMOOTHNESS_KEYS
-from actionprior.study.stats import Interval, contrast_interval, task_weights, wilson
+from actionprior.study.stats import Interval, wilson
+from benchmarks.policy_quality import Row, difference, outcome_arrays
 
 MODES = ("replan", "ensemble", "rtc")
 DEFAULT_DELAYS = (0, 2, 4, 8)
@@ -128,24 +128,10 @@ def run_cell(args: argparse.Namespace, mode: str, delay: int) -> dict[str, Any]:
     return json.loads(done.read_text())
 
 
-def _outcomes(report: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
-    """0/1 success per episode, per (embodiment, task), in the episode order that is the same for every cell."""
-    out: dict[tuple[str, str], list[float]] = {}
-    for e in sorted(report["episodes"], key=lambda e: (e["embodiment"], e["task"], e["episode"])):
-        out.setdefault((e["embodiment"], e["task"]), []).append(float(e["success"]))
-    return out
-
-
 def paired_diff(treatment: dict[str, Any], control: dict[str, Any]) -> Interval:
     """Per-task-mean success of ``treatment`` minus ``control`` on the same episodes (the study's paired contrast)."""
-    a, b = _outcomes(treatment), _outcomes(control)
-    if a.keys() != b.keys() or any(len(a[k]) != len(b[k]) for k in a):
-        raise ValueError("the two cells were evaluated on different episodes")
-    tasks = sorted(a)
-    outcomes = [np.array([[a[k]], [b[k]]]) for k in tasks]  # (rows=2, seeds=1, episodes)
-    return contrast_interval(
-        outcomes, (1.0, -1.0), task_weights([len(a[k]) for k in tasks], per_task_mean=True)
-    )
+    _, arrays = outcome_arrays([Row("treatment", None, [treatment]), Row("control", None, [control])])
+    return difference(arrays, 0, base=1)
 
 
 def summarise(args: argparse.Namespace, reports: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import numpy as np
 from actionprior.data.images import ImageFit
 from actionprior.embodiments import EmbodimentRegistry
 from actionprior.inference.base import BasePolicy, History
-from actionprior.inference.observation import ObservationError, ObservationSpec, validate_observation
+from actionprior.inference.observation import ObservationSpec
 from actionprior.inference.server import DEFAULT_HOST, DEFAULT_PORT, PolicyServer
 
 CAMERA_PREFIX = "observation.images."
@@ -209,14 +209,8 @@ class LeRobotPolicy(BasePolicy):
         return action.detach().to("cpu").numpy().reshape(-1).astype(np.float32)
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
-        obs = validate_observation(observation, self.obs_spec)
+        obs = self._validate(observation)
         embodiment = obs["embodiment"]
-        if self._embodiment is not None and embodiment != self._embodiment:
-            raise ObservationError(
-                f"embodiment changed from '{self._embodiment}' to '{embodiment}' within an episode; "
-                "call reset() before controlling another robot"
-            )
-        self._embodiment = embodiment
         policy = self._episode_policy(embodiment)
         self.last_replanned = _queued_actions(policy) in (0, None)
         start = time.perf_counter()
