@@ -21,6 +21,7 @@ import numpy as np
 from actionprior.evaluation.smoothness import smoothness
 from actionprior.inference.base import PolicyLike
 from actionprior.inference.execution import ExecutionConfig
+from actionprior.process import exit_with_parent
 
 if TYPE_CHECKING:
     from actionprior.inference.policy import Policy
@@ -229,6 +230,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(policy_factory: PolicyFactory, env_factory: EnvFactory) -> None:
     import torch
 
+    exit_with_parent()
     # Workers share the machine's cores; one torch thread each avoids oversubscription.
     torch.set_num_threads(1)
     _WORKER["policy_factory"] = policy_factory

@@ -33,6 +33,7 @@ from actionprior.data.images import ImageFit
 from actionprior.data.schema import DataError, Episode
 from actionprior.data.writer import DatasetWriter
 from actionprior.embodiments import DEFAULT_EMBODIMENT_DIR, EmbodimentRegistry
+from actionprior.process import exit_with_parent
 from actionprior.progress import progress_bar
 from actionprior.sim.base import SimEnv, SimError, ensure_gl_backend
 from actionprior.sim.suite import DEFAULT_SUITE, Suite, SuiteError, load_suite
@@ -142,6 +143,7 @@ _ENV_CACHE: dict[tuple[str, str, int], tuple[SimEnv, Any]] = {}
 def _init_worker(progress: Any) -> None:
     global _PROGRESS
     _PROGRESS = progress
+    exit_with_parent()
     ensure_gl_backend()
 
 
