@@ -63,13 +63,7 @@ def _qwen3_vl_config(ids: dict[str, int], vocab: int) -> PretrainedConfig:
     return Qwen3VLConfig(
         text_config={
             "vocab_size": vocab,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "max_position_embeddings": 2048,
+            **_TEXT,
             # M-RoPE splits head_dim/2 = 8 rotary frequencies over (time, height, width).
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             "pad_token_id": ids["<|endoftext|>"],
@@ -99,12 +93,7 @@ def _qwen2_5_vl_config(ids: dict[str, int], vocab: int) -> PretrainedConfig:
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": vocab,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
+            **_TEXT,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             "pad_token_id": ids["<|endoftext|>"],
             "bos_token_id": ids["<|endoftext|>"],
@@ -136,12 +125,7 @@ def _smolvlm_config(ids: dict[str, int], vocab: int) -> PretrainedConfig:
         text_config={
             "model_type": "llama",
             "vocab_size": vocab,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
+            **_TEXT,
             "pad_token_id": ids["<|endoftext|>"],
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<end_of_utterance>"],
