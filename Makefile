@@ -13,7 +13,7 @@ WORKERS ?= 2
 STAGE1_CKPT ?= runs/stage1/checkpoints/last.ckpt
 ARGS ?=
 
-.PHONY: help install test fuzz test-fast lint format demo collect stage1 stage2 eval bench bench-train bench-gpu reproduce clean-runs
+.PHONY: help install test fuzz test-fast lint format demo collect stage1 stage2 eval bench bench-train bench-gpu reproduce clean-runs libero-env
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,13 @@ bench-gpu: install  ## every scale benchmark on a GPU machine in ~10 min (traini
 
 reproduce: install  ## the paper's claims as one resumable study -> runs/reproduce/report.md (~142 min; ARGS=--quick: ~41 min; ARGS=--estimate)
 	$(PY) -m actionprior.study $(ARGS)
+
+LIBERO_VENV ?= .venv-libero
+libero-env: $(LIBERO_VENV)/.installed  ## LIBERO's own venv (robosuite 1.4, no torch) for `actionprior eval-libero`
+
+$(LIBERO_VENV)/.installed: scripts/libero_env.sh
+	bash scripts/libero_env.sh $(LIBERO_VENV)
+	@touch $@
 
 clean-runs:  ## delete training runs (not datasets)
 	rm -rf runs lightning_logs

@@ -45,6 +45,11 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
         "cli_main",
         "closed-loop evaluation of a checkpoint in simulation",
     ),
+    ("eval-libero",): (
+        "actionprior.evaluation.libero.evaluate",
+        "cli_main",
+        "a served policy on a LIBERO suite (LIBERO runs in its own venv: make libero-env)",
+    ),
     ("serve",): ("actionprior.inference.server", "cli_main", "serve a checkpoint over websockets"),
     ("export",): (
         "actionprior.inference.export",
@@ -80,6 +85,7 @@ _KNOWN_ERRORS: dict[str, tuple[str, ...]] = {
     "actionprior.inference.execution": ("ExecutionError",),
     "actionprior.sim.base": ("SimError",),
     "actionprior.evaluation.rollout": ("RolloutError",),
+    "actionprior.evaluation.libero.evaluate": ("LiberoEvalError",),
 }
 _BUILTIN_REFUSALS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
