@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "resources": 0,
     "progress": 0,
+    "process": 0,
     "embodiments": 1,
     "checkpoint_file": 1,
     "data": 2,
