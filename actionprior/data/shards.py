@@ -279,15 +279,18 @@ def iter_episodes(
     verify: bool = True,
     *,
     embodiment: str | None = None,
+    shards: Sequence[str] | None = None,
 ) -> Iterator[Episode]:
     """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation).
 
     Shards are checked as the stream checks them (:func:`iter_checked`); a checksum mismatch is known only
     at the end of a shard, so it is raised after that shard's episodes (evaluation then fails as a whole).
     ``embodiment``: only that embodiment's episodes; shards whose manifest entries list none are not read,
-    and the frames of other embodiments' episodes are not decoded.
+    and the frames of other embodiments' episodes are not decoded. ``shards``: only the shards of these names.
     """
     manifest = load_manifest(directory)
+    if shards is not None:
+        manifest = {**manifest, "shards": [s for s in manifest["shards"] if s["name"] in set(shards)]}
     keys: set[str] | None = None
     if embodiment is not None:
         shards = [s for s in manifest["shards"] if any(e["embodiment"] == embodiment for e in s["episodes"])]

@@ -404,3 +404,41 @@ def decode_video_frames(
 
 def _short(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
+
+
+# -- command lines ------------------------------------------------------------------------------------
+
+
+def add_frame_arguments(parser: Any) -> None:
+    """``--frames`` and the video settings, shared by ``data collect``, ``data import`` and ``data convert``."""
+    parser.add_argument(
+        "--frames",
+        choices=FRAME_STORAGES,
+        default="png",
+        help="how observation shards store camera frames: one PNG per frame, or one video per camera and "
+        "episode (10-40x smaller; see docs/importing.md)",
+    )
+    parser.add_argument(
+        "--video-crf",
+        type=int,
+        default=DEFAULT_CRF,
+        help=f"--frames video: H.264 CRF (default {DEFAULT_CRF})",
+    )
+    parser.add_argument(
+        "--video-gop",
+        type=int,
+        default=DEFAULT_GOP,
+        help=f"--frames video: a key frame every N frames (default {DEFAULT_GOP}); a sampled frame costs ~N/2 decodes",
+    )
+    parser.add_argument(
+        "--video-lossless",
+        action="store_true",
+        help="--frames video: lossless RGB H.264 (libx264rgb QP 0; decodes bit-equal to PNG frames, ~5x larger)",
+    )
+
+
+def video_settings_from_args(args: Any) -> VideoSettings | None:
+    """The video settings the command line asks for, or None for PNG frames."""
+    if args.frames != "video":
+        return None
+    return VideoSettings(crf=args.video_crf, gop=args.video_gop, lossless=args.video_lossless)
