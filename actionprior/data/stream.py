@@ -39,7 +39,7 @@ from actionprior.data.schema import DataError, frame_field
 from actionprior.data.shards import ShardSource, View, camera_frames, decode_sample, iter_checked
 from actionprior.data.splits import Split, in_split
 from actionprior.data.verify import DatasetMemory
-from actionprior.data.video_frames import FrameCache, video_field
+from actionprior.data.video_frames import FrameCache, VideoSettings, video_field
 from actionprior.data.windowing import PaddedEpisode
 from actionprior.embodiments import EmbodimentRegistry
 
@@ -75,7 +75,7 @@ class _PoolEpisode:
         # Until the episode is first picked for a batch: the PNG bytes of just those frames (or the video
         # members of its cameras), and its meta.
         self.frame_source: tuple[dict[str, Any], dict[str, Any]] | None = None
-        self.video = None  # the dataset's VideoSettings when its frames are stored as video
+        self.video: VideoSettings | None = None  # the dataset's settings when its frames are stored as video
 
     @property
     def nbytes(self) -> int:
@@ -213,7 +213,7 @@ class WindowStream(IterableDataset):
             sample, meta = episode.frame_source
             assert episode.timesteps is not None
             episode.images, episode.camera_mask = self._decode_frames(
-                sample, meta, episode.timesteps, episode.where, episode
+                sample, meta, episode.timesteps, episode.where, episode.video
             )
             episode.frame_source = None
 
@@ -223,7 +223,7 @@ class WindowStream(IterableDataset):
         meta: dict[str, Any],
         timesteps: np.ndarray,
         where: str,
-        episode: _PoolEpisode,
+        video: VideoSettings | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         present = set(meta.get("cameras", []))
         mask = np.array([cam in present for cam in self.camera_names], dtype=bool)
@@ -233,9 +233,7 @@ class WindowStream(IterableDataset):
             )
         # All sampled steps of a camera at once: a video member is then opened once and decoded forward.
         per_camera = {
-            cam: camera_frames(
-                sample, cam, timesteps, episode.padded.length, where, episode.video, self.frame_cache
-            )
+            cam: camera_frames(sample, cam, timesteps, int(meta["length"]), where, video, self.frame_cache)
             for cam in self.camera_names
             if cam in present
         }
