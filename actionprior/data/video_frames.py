@@ -43,7 +43,7 @@ ENCODERS = {False: "libx264", True: "libx264rgb"}
 DEFAULT_CRF = 23
 DEFAULT_GOP = 8
 DEFAULT_PRESET = "veryfast"
-# How often frames of the video time line fall (frames are indexed by presentation time: t = pts * rate).
+# The frame rate the writer gives a member's time line (frames are indexed by presentation time x rate).
 _RATE = Fraction(30)
 
 
@@ -275,6 +275,13 @@ class VideoMember:
         ctx.thread_count = 1  # one decoder thread: loader workers already use every core
         self._base = self.stream.start_time or 0
         self._tb = self.stream.time_base
+        # Frames are indexed by presentation time at the stream's frame rate (ours: 30; LeRobot's: the fps).
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        if rate is None or not 0 < rate <= 1000 or self._tb is None or self._tb <= 0:
+            raise DataError(
+                f"{self.where}: video declares no usable frame rate ({show(str(rate))}; corrupt member?)"
+            )
+        self._rate = Fraction(rate)
         from av.video.reformatter import VideoReformatter
 
         self._rgb = VideoReformatter()
@@ -287,7 +294,7 @@ class VideoMember:
     def _index(self, frame: Any) -> int:
         if frame.pts is None:
             raise DataError(f"{self.where}: a video frame has no presentation time (corrupt member)")
-        return round((frame.pts - self._base) * self._tb * _RATE)
+        return round((frame.pts - self._base) * self._tb * self._rate)
 
     def _rgb_of(self, frame: Any) -> np.ndarray:
         if frame.width != self.width or frame.height != self.height:
@@ -322,7 +329,7 @@ class VideoMember:
         try:
             for t in todo:
                 if frames is None or t <= position or t - position > self.gop:
-                    pts = self._base + int(t / (_RATE * self._tb))
+                    pts = self._base + int(t / (self._rate * self._tb))
                     self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
                     frames = self.container.decode(self.stream)
                 while position < t:
