@@ -11,7 +11,9 @@ simulated one (a few hundred episodes of 80-200 steps, two 64x64 cameras) and is
 ``--storage`` (issue 23): frames rendered by the Meta-World simulator (pick-place, two cameras) at 64x64,
 224x224 and 480x640 (rendered at 640 and cut to 480 rows; fitted to 224 at load), written as observation
 shards with PNG frames and with video members, and encoded the way LeRobot 0.4.4 stores them (AV1 mp4,
-libsvtav1 CRF 30, GOP 2: the reference). Per size and storage:
+libsvtav1 CRF 30, GOP 2: the reference). Rates are per CPU-second of the one process doing the work
+(``time.process_time``: this project's 2 shared cores run other jobs, whose time must not count; a loader
+worker owns a core). Per size and storage:
 
 * **bytes per stored frame**: the obs shards' bytes (PNG, video) or the mp4s' (LeRobot) over the frames held;
 * **sampled frames/s per worker**: Stage 2's access pattern in one process: a random episode, 4 random steps

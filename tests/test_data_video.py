@@ -319,3 +319,26 @@ def test_settings_are_validated() -> None:
     assert VideoSettings.from_record(VideoSettings(crf=30, gop=2).record(), "m") == VideoSettings(
         crf=30, gop=2
     )
+
+
+@pytest.mark.sim
+def test_collect_writes_video_shards(tmp_path: Path, capsys) -> None:
+    from actionprior.sim.collect import cli_main
+
+    out = tmp_path / "sim"
+    argv = ["--only", "metaworld_sawyer/drawer-open", "--episodes-per-task", "1", "--workers", "1"]
+    assert (
+        cli_main([*argv, "--image-size", "32", "--out", str(out), "--frames", "video", "--video-gop", "4"])
+        == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["frames"]["storage"] == "video" and manifest["frames"]["gop"] == 4
+    sample = next(iter_tar_samples((out / manifest["shards"][0]["obs"]).read_bytes(), "obs"))
+    assert {k for k in sample if k.endswith(".mp4")} == {"scene.mp4", "wrist.mp4"}
+    assert not any(k.endswith(".png") for k in sample)
+    assert check_dataset(out) == []
+    # Resuming with PNG frames, or video without images, is refused in one line.
+    assert cli_main([*argv, "--image-size", "32", "--out", str(out)]) == 2
+    assert "stores frames as video" in " ".join(capsys.readouterr().out.split())
+    assert cli_main([*argv, "--out", str(tmp_path / "x"), "--frames", "video", "--no-images"]) == 2
+    assert "--no-images renders none" in " ".join(capsys.readouterr().out.split())
