@@ -323,15 +323,17 @@ class VideoMember:
                 out[t] = hit
             else:
                 todo.append(t)
-        budget = self.length + 1  # frames one call may decode: never more than the whole episode
         frames = None
         position = -1  # index of the last frame decoded in the current run
+        budget = 0
         try:
             for t in todo:
                 if frames is None or t <= position or t - position > self.gop:
                     pts = self._base + int(t / (self._rate * self._tb))
                     self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
                     frames = self.container.decode(self.stream)
+                    position = -1
+                    budget = self.length + 1  # one run never decodes more than the whole episode
                 while position < t:
                     frame = next(frames, None)
                     budget -= 1
@@ -346,7 +348,7 @@ class VideoMember:
                             f"{self.where}: frame {t} is missing from the video (jumped to {index})"
                         )
                     if index < position:
-                        continue  # a seek can land before the run; nothing decoded out of order counts
+                        continue  # frames in decode order are presentation order; a repeat is skipped
                     position = index
                     if index == t or cache is not None:
                         rgb = self._rgb_of(frame)
