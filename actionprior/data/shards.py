@@ -213,8 +213,8 @@ def iter_checked(
     all), checked as ``data check`` checks them (:mod:`actionprior.data.verify`): the first problem is a
     DataError naming file, key and field; members no reader loads are skipped with one warning per dataset
     (and process). Samples not wanted (the other split) are not decoded: only their keys are checked (and
-    their bytes, by the file's checksum). Frames are checked by their PNG headers, and decoded only where a
-    reader samples them."""
+    their bytes, by the file's checksum). Frames are checked by their PNG headers (video members: by their
+    container headers), and decoded only where a reader samples them."""
     skipped: list[str] = []
     # With a verified checksum every byte is vouched for: the size of each camera's first frame is enough.
     # Without one (a dataset from before checksums) every frame's PNG header is read: no pixel bomb or frame
