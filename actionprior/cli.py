@@ -34,6 +34,11 @@ TOOLS: dict[tuple[str, ...], tuple[str, str, str]] = {
         "cli_main",
         "write one embodiment of a dataset as a LeRobot v3.0 dataset (lerobot)",
     ),
+    ("data", "convert"): (
+        "actionprior.data.convert",
+        "cli_main",
+        "write a dataset again with its frames stored as video or PNGs (--frames video|png)",
+    ),
     ("data", "check"): (
         "actionprior.data.check",
         "cli_main",

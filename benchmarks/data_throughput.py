@@ -1,11 +1,35 @@
-"""Throughput of the streaming DataModule: windows/s and transitions/s for both views and 0/1/2 workers.
+"""Throughput of the streaming DataModule, and what storing frames as PNG or as video costs and delivers.
 
-A transition is one (state, action) step of a window's chunk, so transitions/s = windows/s x chunk_len.
-Each configuration runs one warm-up epoch (worker start-up, pools, caches) and then times one epoch.
-The synthetic dataset is sized like the default simulated one (a few hundred episodes of 80-200 steps,
-two 64x64 cameras) and is written once to ``--data-dir`` and reused.
+Default: windows/s and transitions/s for both views and 0/1/2 workers. A transition is one (state, action)
+step of a window's chunk, so transitions/s = windows/s x chunk_len. Each configuration runs one warm-up epoch
+(worker start-up, pools, caches) and then times one epoch. The synthetic dataset is sized like the default
+simulated one (a few hundred episodes of 80-200 steps, two 64x64 cameras) and is written once to
+``--data-dir`` and reused.
 
     .venv/bin/python benchmarks/data_throughput.py [--batches 100] [--workers 0 1 2]
+
+``--storage`` (issue 23): frames rendered by the Meta-World simulator (pick-place, two cameras) at 64x64,
+224x224 and 480x640 (rendered at 640 and cut to 480 rows; fitted to 224 at load), written as observation
+shards with PNG frames and with video members, and encoded the way LeRobot 0.4.4 stores them (AV1 mp4,
+libsvtav1 CRF 30, GOP 2: the reference). Rates are per CPU-second of the one process doing the work
+(``time.process_time``: this project's 2 shared cores run other jobs, whose time must not count; a loader
+worker owns a core). Per size and storage:
+
+* **bytes per stored frame**: the obs shards' bytes (PNG, video) or the mp4s' (LeRobot) over the frames held;
+* **sampled frames/s per worker**: Stage 2's access pattern in one process: a random episode, 4 random steps
+  (``windows_per_episode``), both cameras decoded and fitted to 224x224 -- for the LeRobot mp4 the same
+  sampler with the same decoder;
+* **stream frames/s per worker**: the real observation stream (``WindowStream``, 0 workers: reading the tars,
+  decoding, fitting, collating batches of 32);
+* **workers per H200**: the frames a Qwen3-VL-2B Stage 2 step consumes per second / the stream's rate per
+  worker. No GPU has run ``make bench-gpu`` yet, so the step rate is the analytic FLOP count of
+  ``benchmarks/flops.py`` (the VLA built on the meta device, 2 cameras at 224 px: 14x14 patches each, batch
+  32, chunk 16, lambda = 1) at 40 % MFU of an H200's 989 bf16 TFLOP/s.
+
+A GOP sweep at 224 px (``--gops``) shows the trade-off the default keyframe interval was chosen on: a sampled
+frame costs ~GOP/2 decoded frames, a shorter GOP stores more key frames.
+
+    nice -n 15 .venv/bin/python benchmarks/data_throughput.py --storage [--episodes 16] [--gops 2 4 8 16]
 """
 
 from __future__ import annotations
@@ -99,7 +123,18 @@ def main() -> None:
     parser.add_argument("--history-len", type=int, default=8)
     parser.add_argument("--windows-per-episode", type=int, default=4)
     parser.add_argument("--shuffle-buffer", type=int, default=512)
+    parser.add_argument("--storage", action="store_true", help="PNG vs video storage instead (module doc)")
+    parser.add_argument("--frames-dir", type=Path, default=Path("data_shards/bench-frames"))
+    parser.add_argument("--episodes", type=int, default=16, help="--storage: episodes per dataset")
+    parser.add_argument("--gops", nargs="+", type=int, default=[2, 4, 8, 16], help="--storage: GOP sweep")
+    parser.add_argument("--samples", type=int, default=60, help="--storage: episodes drawn by the sampler")
+    parser.add_argument("--json", type=Path, default=None, help="--storage: also write the rows here")
     args = parser.parse_args()
+    if args.storage:
+        from benchmarks.frame_storage import storage_report
+
+        storage_report(args)
+        return
 
     manifest = ensure_dataset(args.data_dir, args.episodes_per_embodiment, args.image_size)
     console = Console()

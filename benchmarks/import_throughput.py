@@ -11,7 +11,7 @@ long AV1 file each (LeRobot's codec and defaults: libsvtav1, yuv420p, crf 30, g 
 
 Frames are camera frames (rows x cameras). The target is import time <= 2x the 2-process decode time.
 
-    .venv/bin/python benchmarks/import_throughput.py [--repeat 20] [--source-size 64 256 480x640]
+    .venv/bin/python benchmarks/import_throughput.py [--repeat 20] [--source-size 64 256 480x640] [--frames video]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from rich.table import Table
 
 from actionprior.data.importers import lerobot
 from actionprior.data.importers.common import run_import
+from actionprior.data.video_frames import VideoSettings
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "lerobot" / "v3_single_arm_video"
 CAMERAS = ("observation.images.front", "observation.images.wrist")
@@ -147,14 +148,16 @@ def time_decode(src: Path) -> tuple[float, int]:
         return time.perf_counter() - t0, count
 
 
-def time_import(src: Path, out: Path, workers: int, shard_episodes: int = 10) -> float:
+def time_import(
+    src: Path, out: Path, workers: int, shard_episodes: int = 10, video: VideoSettings | None = None
+) -> float:
     import actionprior.data.writer  # noqa: F401  (the CLI pays this once: torch via webdataset, ~1.5 s)
 
     source, units, spec, record = lerobot.plan(
         src, threads=0 if workers <= 1 else 1, shard_episodes=shard_episodes
     )
     t0 = time.perf_counter()
-    run_import(source, units, out, spec, record, workers=workers, console=Console(quiet=True))
+    run_import(source, units, out, spec, record, workers=workers, console=Console(quiet=True), video=video)
     return time.perf_counter() - t0
 
 
@@ -166,8 +169,14 @@ def main() -> None:
     parser.add_argument(
         "--source-size", nargs="+", default=["64", "256", "480x640"], help="source video sizes: N or HxW"
     )
+    parser.add_argument(
+        "--frames", choices=("png", "video"), default="png", help="how the import stores frames (--frames)"
+    )
     args = parser.parse_args()
-    table = Table(title="data import lerobot throughput, camera frames/s (import resizes to 64x64, 2 cores)")
+    video = VideoSettings() if args.frames == "video" else None
+    table = Table(
+        title=f"data import lerobot throughput, camera frames/s (import resizes to 64x64, {args.frames} frames, 2 cores)"
+    )
     for col in (
         "source",
         "frames",
@@ -185,12 +194,12 @@ def main() -> None:
             rows, small_rows = build(big, args.repeat, size), build(small, 1, size)
             decode_s, frames = time_decode(big)
             assert frames == 2 * rows, (frames, rows)
-            one = time_import(big, Path(tmp) / f"out{size}_1", 1)
-            two = time_import(big, Path(tmp) / f"out{size}_2", 2)
+            one = time_import(big, Path(tmp) / f"out{size}_1", 1, video=video)
+            two = time_import(big, Path(tmp) / f"out{size}_2", 2, video=video)
             # Fixed costs (spawning workers that import torch through webdataset, statistics, renaming)
             # measured on a one-copy import and taken out: the rate a long import runs at.
             two_small = time_import(
-                small, Path(tmp) / f"out{size}_small", 2, shard_episodes=1
+                small, Path(tmp) / f"out{size}_small", 2, shard_episodes=1, video=video
             )  # 3 units: a pool
             steady = 2 * (rows - small_rows) / (two - two_small)
             table.add_row(

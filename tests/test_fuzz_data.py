@@ -1133,3 +1133,169 @@ def test_case_counts() -> None:
     assert len(FIXED) + len(RANDOM) >= 300 and len(FAST_IDS) >= 30
     assert {c.id for c in FIXED} >= FAST_IDS
     assert len({c.id for c in FIXED + RANDOM}) == len(FIXED) + len(RANDOM)
+
+
+# -- video members (issue 23): a dataset storing frames as video (one H.264 member per camera and episode) --
+VIDEO_SEED = SEED + 23
+
+
+def _rehash(ds: Path, shard: str) -> None:
+    """Record the damaged file's size and SHA-256 in manifest.json: a hostile dataset whose checksums agree, so
+    that the video decoder, not the checksum, meets the bytes."""
+    import hashlib
+
+    manifest = json.loads((ds / "manifest.json").read_text())
+    data = (ds / shard).read_bytes()
+    for entry in manifest["shards"]:
+        for field in ("traj", "obs"):
+            if entry[field] == shard:
+                entry["checksums"][field] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _video_edit(edit: Callable[[bytes, int], bytes], rehash: bool = True) -> Callable[[Path, Path], None]:
+    """Replace the first video member of obs-00000.tar with ``edit(old, length)``."""
+
+    def mutate(ds: Path, marker: Path) -> None:
+        done = []
+        lengths = {}
+
+        def one(name: str, data: bytes) -> bytes:
+            key = name.split(".", 1)[0]
+            if name.endswith(".meta.json"):
+                lengths[key] = json.loads(data)["length"]
+            if name.endswith(".mp4") and not done:
+                done.append(name)
+                return edit(data, lengths[key])
+            return data
+
+        _rebuild(ds / "obs-00000.tar", one)
+        if rehash:
+            _rehash(ds, "obs-00000.tar")
+
+    return mutate
+
+
+def _video_bytes(length: int, codec: str = "libx264", size: int = 8) -> bytes:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(length):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), t, np.uint8), format="rgb24")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def _byte_flips(count: int, seed: int) -> Callable[[bytes, int], bytes]:
+    rng = np.random.default_rng(seed)
+
+    def edit(data: bytes, length: int) -> bytes:
+        out = bytearray(data)
+        for pos in rng.integers(0, len(out), size=count):
+            out[pos] ^= int(rng.integers(1, 256))
+        return bytes(out)
+
+    return edit
+
+
+def video_cases() -> list[Case]:
+    """Structural damage (checksums agreeing: the member checks speak) and seeded byte flips (checksums
+    recorded before the damage: the decoder meets the bytes in `data check` and in whole-episode reads before
+    the checksum verdict at the end of the shard)."""
+    o0 = "obs-00000.tar"
+    cases = [
+        Case("video-truncated", _video_edit(lambda d, n: d[: len(d) // 3]), o0, loader_fails=True),
+        Case("video-garbage", _video_edit(lambda d, n: bytes(range(256)) * 16), o0, loader_fails=True),
+        Case("video-empty", _video_edit(lambda d, n: b""), o0, loader_fails=True),
+        Case("video-fewer-frames", _video_edit(lambda d, n: _video_bytes(n - 1)), o0, loader_fails=True),
+        Case("video-more-frames", _video_edit(lambda d, n: _video_bytes(n + 5)), o0, loader_fails=True),
+        Case("video-other-codec", _video_edit(lambda d, n: _video_bytes(n, "mpeg4")), o0, loader_fails=True),
+        Case(
+            "video-larger-frames", _video_edit(lambda d, n: _video_bytes(n, size=32)), o0, loader_fails=True
+        ),
+    ]
+    rng = np.random.default_rng(VIDEO_SEED)
+    for i in range(8):
+        flips = int(rng.integers(1, 40))
+        seed = int(rng.integers(2**31))
+        cases.append(
+            Case(f"video-flip-{i}-x{flips}", _video_edit(_byte_flips(flips, seed), rehash=False), o0)
+        )
+    return cases
+
+
+VIDEO_CASES = video_cases()
+VIDEO_FAST = {"video-truncated", "video-fewer-frames", "video-other-codec", "video-flip-0-"}
+
+
+@pytest.fixture(scope="module")
+def video_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from actionprior.data.video_frames import VideoSettings
+
+    path = tmp_path_factory.mktemp("fuzzvideo") / "data"
+    write_synthetic_dataset(
+        path,
+        episodes_per_embodiment=1,
+        length_range=(5, 7),
+        shard_sizes=(2, 1),
+        image_size=8,
+        video=VideoSettings(gop=2),
+    )
+    return path
+
+
+def _video_params() -> list:
+    params = []
+    for case in VIDEO_CASES:
+        fast = case.id in VIDEO_FAST or any(case.id.startswith(f) for f in VIDEO_FAST)
+        marks = [] if fast else [pytest.mark.slow]
+        if not FULL and not fast:
+            marks.append(
+                pytest.mark.skip(reason="outside the default sample; ACTIONPRIOR_FUZZ_FULL=1 runs it")
+            )
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    return params
+
+
+def _flip_params() -> list:
+    skip = pytest.mark.skip(reason="outside the default sample; ACTIONPRIOR_FUZZ_FULL=1 runs it")
+    return [pytest.param(i, marks=[] if i < 2 or FULL else [pytest.mark.slow, skip]) for i in range(8)]
+
+
+@pytest.mark.parametrize("case", _video_params())
+def test_fuzz_video_case(
+    case: Case, video_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_case(case, video_dataset, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("index", _flip_params())
+def test_fuzzed_video_member_with_agreeing_checksum_never_hangs(
+    index: int, video_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeded byte flips in a video member whose checksum is recorded after the damage (a hostile dataset):
+    decoding may conceal the damage or refuse it, but never hangs, exceeds the memory caps or fails without a
+    one-line error naming the file."""
+    rng = np.random.default_rng([VIDEO_SEED, index])
+    ds = tmp_path / "ds"
+    shutil.copytree(video_dataset, ds)
+    _video_edit(_byte_flips(int(rng.integers(1, 60)), int(rng.integers(2**31))))(ds, tmp_path / "MARKER")
+    cli = run_cli(["data", "check", "."], cwd=ds)
+    assert "Traceback" not in cli.output and cli.rc in (0, 1), cli.output[-2000:]
+    assert cli.peak_mb < CLI_RSS_CAP_MB
+    if cli.rc == 1:
+        assert all(FILE_NAME.search(line) for line in cli.output.strip().splitlines()[1:]), cli.output
+    monkeypatch.chdir(ds)
+    for read in (run_reader(lambda: read_stream(".", "observation")), run_reader(lambda: read_episodes("."))):
+        assert read.growth_mb < LOADER_RSS_GROWTH_CAP_MB
+        if read.error is not None:
+            assert isinstance(read.error, DataError), repr(read.error)
+            assert FILE_NAME.search(str(read.error)) and "\n" not in str(read.error), str(read.error)

@@ -44,6 +44,7 @@ from actionprior.data.schema import (
 from actionprior.data.stats import stats_problems, stats_spec_problems
 from actionprior.data.tario import iter_tar_samples
 from actionprior.data.verify import DatasetMemory, ShardAudit, skipped_member_findings
+from actionprior.data.video_frames import VideoSettings, codec_problem, frames_record_problems
 from actionprior.data.writer import atomic_write_json
 from actionprior.embodiments import EmbodimentError, EmbodimentSpec
 
@@ -149,13 +150,32 @@ def _check(
             sound.append((index, shard))
     for key, message in bookkeeping_problems([shard for _, shard in sound]):
         report.add(manifest_path, key, message)
+    video = _check_frames_record(manifest, manifest_path, report)
     for index, shard in sound:
-        _check_shard(index, shard, specs, report, transitions, decode_frames, verify, hashing)
+        _check_shard(index, shard, specs, report, transitions, decode_frames, verify, hashing, video)
     for path in sorted(directory.glob("*.tar")):
         if path.name not in listed_files and path.name.startswith((TRAJ_PREFIX, OBS_PREFIX)):
             report.add(path, "", "shard file not listed in manifest.json")
     _check_stats(directory, specs, transitions, report)
     return manifest
+
+
+def _check_frames_record(
+    manifest: dict[str, Any], path: Path, report: _Report
+) -> VideoSettings | None | bool:
+    """How the observation shards store frames: None (PNG), the video settings, or False when the manifest's
+    ``frames`` entry is unusable (reported; the observation shards are then not read)."""
+    record = manifest.get("frames")
+    problems = frames_record_problems(record)
+    if not problems and record is not None and record["storage"] == "video":
+        problem = codec_problem(record["codec"])
+        problems = [f"frames: {problem}"] if problem else []
+    for message in problems:
+        report.add(path, "", message)
+    if problems:
+        report.skipped_shards = True
+        return False
+    return VideoSettings.from_record(record, str(path)) if record and record["storage"] == "video" else None
 
 
 def _check_specs(manifest: dict[str, Any], path: Path, report: _Report) -> dict[str, EmbodimentSpec]:
@@ -186,14 +206,16 @@ def _check_shard(
     decode_frames: bool,
     verify: bool,
     hashing: bool,
+    video: VideoSettings | None | bool = None,
 ) -> None:
-    """One manifest entry (already type-checked by ``shard_problems``) against its two tar files."""
+    """One manifest entry (already type-checked by ``shard_problems``) against its two tar files (``video``:
+    see :func:`_check_frames_record`; False skips the observation file)."""
     name = shard["name"]
     entries = {e["key"]: e for e in shard["episodes"]}
     cameras = {n: spec.cameras for n, spec in specs.items()}
     for field, with_frames in (("traj", False), ("obs", True)):
-        if field == "obs" and shard[field] is None:  # a trajectory-only dataset (collect --no-images)
-            continue
+        if field == "obs" and (shard[field] is None or video is False):
+            continue  # a trajectory-only dataset (collect --no-images), or frames stored in an unknown way
         path = report.dir / shard[field]
         if not path.exists():
             report.add(path, "", f"shard file listed in manifest.json (shard '{name}') is missing")
@@ -202,7 +224,7 @@ def _check_shard(
             report.add(path, "", "not a regular file inside the dataset folder (a symlink out?); not read")
             continue
         frames = ("decode" if decode_frames else "headers") if with_frames else None
-        audit = ShardAudit(name, entries, cameras, frames, report.memory)
+        audit = ShardAudit(name, entries, cameras, frames, report.memory, video=video or None)
         expected = expected_sum(shard, field) if verify else None
         skipped: list[str] = []
         read = _ShardRead(path, report, expected, hashing, skipped)

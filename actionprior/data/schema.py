@@ -6,8 +6,11 @@ A dataset directory holds::
     stats.json        per-embodiment, per-dimension normalisation statistics
     traj-<name>.tar   state.npy, action.npy, meta.json                (what Stage 1 streams; no pixels)
     obs-<name>.tar    the same plus <camera>.<t:05d>.png per timestep  (what Stage 2 streams)
+                      or, with ``"frames": {"storage": "video"}`` in the manifest, one <camera>.mp4 per
+                      episode (:mod:`actionprior.data.video_frames`)
 
-Frames are stored one PNG per timestep so that a reader decodes only the timesteps it samples.
+PNG frames are one member per timestep so that a reader decodes only the timesteps it samples; video members
+are decoded from the key frame before each sampled timestep.
 Nothing here ever unpickles: ``.npy`` fields are read with ``allow_pickle=False``.
 """
 
@@ -30,6 +33,7 @@ from actionprior.data.checksums import checksum_problems
 from actionprior.data.errors import DataError, show
 from actionprior.data.location import SAFE_FILE_NAME, check_file_name
 from actionprior.data.safe_json import loads_bounded
+from actionprior.data.video_frames import VideoSettings, encode_video, frames_record_problems, video_field
 
 # DataError and show (errors.py), SAFE_FILE_NAME and check_file_name (location.py) are also imported from here.
 
@@ -192,16 +196,27 @@ def frame_field(camera: str, t: int) -> str:
     return f"{camera}.{t:05d}.png"
 
 
-def episode_to_samples(episode: Episode) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (trajectory, observation) WebDataset samples of one episode."""
-    traj = {
+def trajectory_sample(episode: Episode) -> dict[str, Any]:
+    """The trajectory WebDataset sample of one episode (no pixels)."""
+    return {
         "__key__": episode.key,
         "state.npy": encode_npy(episode.state),
         "action.npy": encode_npy(episode.action),
         "meta.json": json.dumps(episode.meta()).encode(),
     }
+
+
+def episode_to_samples(
+    episode: Episode, video: VideoSettings | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (trajectory, observation) WebDataset samples of one episode; frames as PNGs, or with ``video`` one
+    video member per camera. The trajectory sample is the same either way."""
+    traj = trajectory_sample(episode)
     obs = dict(traj)
     for cam, frames in episode.frames.items():
+        if video is not None:
+            obs[video_field(cam)] = encode_video(frames, video)
+            continue
         for t in range(len(episode)):
             obs[frame_field(cam, t)] = encode_png(frames[t])
     return traj, obs
@@ -360,7 +375,7 @@ def manifest_problems(manifest: Any) -> list[str]:
     trajectory_only = manifest.get("views") == ["trajectory"]
     for i, shard in enumerate(shards):
         out += shard_problems(i, shard, trajectory_only)
-    return out
+    return out + frames_record_problems(manifest.get("frames"))
 
 
 def shard_label(index: int, shard: Any) -> str:

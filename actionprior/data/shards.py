@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -34,6 +34,14 @@ from actionprior.data.schema import (
 from actionprior.data.splits import Split, in_split
 from actionprior.data.tario import iter_tar_samples
 from actionprior.data.verify import DatasetMemory, Finding, ShardAudit, skipped_member_findings
+from actionprior.data.video_frames import (
+    FrameCache,
+    VideoSettings,
+    codec_problem,
+    decode_video_frames,
+    frame_storage,
+    video_field,
+)
 from actionprior.embodiments import EmbodimentRegistry
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,8 @@ class ShardSource:
     """One dataset as a stream sees it: the shard files of one view that hold episodes of one split.
 
     ``cameras`` are the camera names of each embodiment of the dataset's manifest; ``verify`` says whether
-    readers check each file's checksum (and, without one, its tar headers) on the bytes they read.
+    readers check each file's checksum (and, without one, its tar headers) on the bytes they read; ``video`` is
+    how the observation shards store frames as video (None: PNG frames, or the trajectory view).
     """
 
     directory: str
@@ -68,6 +77,7 @@ class ShardSource:
     files: tuple[ShardFile, ...] = ()
     cameras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     verify: bool = True
+    video: VideoSettings | None = None
 
 
 _MENTIONED: set[tuple[str, str]] = set()  # (what, dataset): notices given once per dataset and process
@@ -127,8 +137,15 @@ def shard_source(
         )
     cameras = {name: tuple(spec.get("cameras", [])) for name, spec in manifest["embodiments"].items()}
     urls = tuple(f.url for f in files)
+    video = None
+    if view == "observation" and frame_storage(manifest) == "video":  # the trajectory view never looks
+        where = shown_path(directory, MANIFEST_FILE)
+        video = VideoSettings.from_record(manifest["frames"], where)
+        problem = codec_problem(manifest["frames"]["codec"])
+        if problem:
+            raise DataError(f"{where}: {problem}")
     return ShardSource(
-        str(directory), float(weight), urls, episodes, transitions, tuple(files), cameras, verify
+        str(directory), float(weight), urls, episodes, transitions, tuple(files), cameras, verify, video
     )
 
 
@@ -196,15 +213,15 @@ def iter_checked(
     all), checked as ``data check`` checks them (:mod:`actionprior.data.verify`): the first problem is a
     DataError naming file, key and field; members no reader loads are skipped with one warning per dataset
     (and process). Samples not wanted (the other split) are not decoded: only their keys are checked (and
-    their bytes, by the file's checksum). Frames are checked by their PNG headers, and decoded only where a
-    reader samples them."""
+    their bytes, by the file's checksum). Frames are checked by their PNG headers (video members: by their
+    container headers), and decoded only where a reader samples them."""
     skipped: list[str] = []
     # With a verified checksum every byte is vouched for: the size of each camera's first frame is enough.
     # Without one (a dataset from before checksums) every frame's PNG header is read: no pixel bomb or frame
     # of another size hides in a frame the stream happens not to sample.
     summed = file.checksum is not None and source.verify
     frames = ("first" if summed else "headers") if with_frames else None
-    audit = ShardAudit(file.shard, file.episodes, source.cameras, frames, memory)
+    audit = ShardAudit(file.shard, file.episodes, source.cameras, frames, memory, video=source.video)
     for sample in iter_shard(file.url, file.checksum, source.verify, skipped):
         if wanted is not None and not wanted(sample["__key__"]):
             _refuse_or_warn(source, file.url, audit.key(sample["__key__"]))
@@ -262,15 +279,18 @@ def iter_episodes(
     verify: bool = True,
     *,
     embodiment: str | None = None,
+    shards: Sequence[str] | None = None,
 ) -> Iterator[Episode]:
     """Whole episodes of one split, in manifest order, unnormalised (e.g. for open-loop evaluation).
 
     Shards are checked as the stream checks them (:func:`iter_checked`); a checksum mismatch is known only
     at the end of a shard, so it is raised after that shard's episodes (evaluation then fails as a whole).
     ``embodiment``: only that embodiment's episodes; shards whose manifest entries list none are not read,
-    and the frames of other embodiments' episodes are not decoded.
+    and the frames of other embodiments' episodes are not decoded. ``shards``: only the shards of these names.
     """
     manifest = load_manifest(directory)
+    if shards is not None:
+        manifest = {**manifest, "shards": [s for s in manifest["shards"] if s["name"] in set(shards)]}
     keys: set[str] | None = None
     if embodiment is not None:
         shards = [s for s in manifest["shards"] if any(e["embodiment"] == embodiment for e in s["episodes"])]
@@ -290,7 +310,7 @@ def iter_episodes(
             if with_frames:
                 where = f"{url}:{sample['__key__']}"
                 for cam in meta.get("cameras", []):
-                    stack = [frame_at(sample, cam, t, where) for t in range(len(state))]
+                    stack = camera_frames(sample, cam, None, len(state), where, source.video)
                     if len({f.shape for f in stack}) > 1:
                         raise DataError(f"{where}: camera '{cam}' has frames of different sizes")
                     frames[cam] = np.stack(stack)
@@ -311,7 +331,27 @@ def iter_episodes(
             )
 
 
-def frame_at(sample: dict[str, Any], camera: str, t: int, where: str) -> np.ndarray:
+def camera_frames(
+    sample: Mapping[str, Any],
+    camera: str,
+    timesteps: Sequence[int] | None,
+    length: int,
+    where: str,
+    video: VideoSettings | None,
+    cache: FrameCache | None = None,
+) -> list[np.ndarray]:
+    """The decoded frames of ``camera`` at ``timesteps`` (None: every step) of a raw observation sample, from
+    its PNG members or (``video``) its video member."""
+    steps = range(length) if timesteps is None else timesteps
+    if video is None:
+        return [frame_at(sample, camera, int(t), where) for t in steps]
+    name = video_field(camera)
+    if name not in sample:
+        raise DataError(f"{where}: missing video field '{name}'")
+    return decode_video_frames(sample[name], f"{where} {name}", length, timesteps, cache, video.gop)
+
+
+def frame_at(sample: Mapping[str, Any], camera: str, t: int, where: str) -> np.ndarray:
     """The decoded frame of ``camera`` at step ``t`` of a raw observation sample (one line when it is missing)."""
     name = frame_field(camera, t)
     if name not in sample:

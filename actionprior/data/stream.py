@@ -36,9 +36,10 @@ from actionprior.data.images import ImageFit
 from actionprior.data.limits import MAX_ABS_VALUE
 from actionprior.data.normalization import Normalizer
 from actionprior.data.schema import DataError, frame_field
-from actionprior.data.shards import ShardSource, View, decode_sample, frame_at, iter_checked
+from actionprior.data.shards import ShardSource, View, camera_frames, decode_sample, iter_checked
 from actionprior.data.splits import Split, in_split
 from actionprior.data.verify import DatasetMemory
+from actionprior.data.video_frames import FrameCache, VideoSettings, video_field
 from actionprior.data.windowing import PaddedEpisode
 from actionprior.embodiments import EmbodimentRegistry
 
@@ -57,6 +58,7 @@ class _PoolEpisode:
         "images",
         "camera_mask",
         "frame_source",
+        "video",
     )
 
     def __init__(self, padded: PaddedEpisode, embodiment_id: int, key: str, where: str, meta: dict[str, Any]):
@@ -70,8 +72,10 @@ class _PoolEpisode:
         self.timesteps: np.ndarray | None = None
         self.images: np.ndarray | None = None  # uint8 [k, C, 3, h, w]
         self.camera_mask: np.ndarray | None = None  # bool [C]
-        # Until the episode is first picked for a batch: the PNG bytes of just those frames, and its meta.
+        # Until the episode is first picked for a batch: the PNG bytes of just those frames (or the video
+        # members of its cameras), and its meta.
         self.frame_source: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.video: VideoSettings | None = None  # the dataset's settings when its frames are stored as video
 
     @property
     def nbytes(self) -> int:
@@ -113,6 +117,8 @@ class WindowStream(IterableDataset):
         camera_names: Sequence[str] | None = None,
         image_size: int | None = None,
         image_fit: ImageFit | None = None,
+        frame_cache_mb: float = 64.0,
+        frame_cache_entries: int = 4096,
     ):
         super().__init__()
         if not sources:
@@ -164,6 +170,8 @@ class WindowStream(IterableDataset):
         self.start_batch = 0
         # Per dataset: frame sizes seen, and whether skipped members were already reported (per worker).
         self._memory: dict[str, DatasetMemory] = {}
+        # Decoded video frames, per worker (each worker has its own copy of this stream): see video_frames.
+        self.frame_cache = FrameCache(int(frame_cache_mb * 2**20), frame_cache_entries)
 
     # -- episodes ------------------------------------------------------------------------------------
     def _decode(
@@ -171,6 +179,7 @@ class WindowStream(IterableDataset):
         sample: dict[str, Any],
         rng: np.random.Generator,
         decoded: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
+        source: ShardSource | None = None,
     ) -> _PoolEpisode:
         state, action, meta = decoded if decoded is not None else decode_sample(sample, self.registry)
         name = meta["embodiment"]
@@ -189,8 +198,12 @@ class WindowStream(IterableDataset):
             episode.timesteps = rng.integers(padded.length, size=self.windows_per_episode)
             # Frames are decoded when the episode is first picked for a batch (_ensure_frames), not here:
             # an episode replaced in the pool before it is picked, or entering the pool while a resumed
-            # stream skips batches, then costs no PNG decoding. Only its frames' bytes are kept.
-            wanted = {frame_field(cam, int(t)) for cam in self.camera_names for t in episode.timesteps}
+            # stream skips batches, then costs no decoding. Only its frames' bytes are kept.
+            episode.video = source.video if source is not None else None
+            if episode.video is not None:
+                wanted = {video_field(cam) for cam in self.camera_names}
+            else:
+                wanted = {frame_field(cam, int(t)) for cam in self.camera_names for t in episode.timesteps}
             frames = {k: v for k, v in sample.items() if k in wanted or k.startswith("__")}
             episode.frame_source = (frames, meta)
         return episode
@@ -200,12 +213,17 @@ class WindowStream(IterableDataset):
             sample, meta = episode.frame_source
             assert episode.timesteps is not None
             episode.images, episode.camera_mask = self._decode_frames(
-                sample, meta, episode.timesteps, episode.where
+                sample, meta, episode.timesteps, episode.where, episode.video
             )
             episode.frame_source = None
 
     def _decode_frames(
-        self, sample: dict[str, Any], meta: dict[str, Any], timesteps: np.ndarray, where: str
+        self,
+        sample: dict[str, Any],
+        meta: dict[str, Any],
+        timesteps: np.ndarray,
+        where: str,
+        video: VideoSettings | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         present = set(meta.get("cameras", []))
         mask = np.array([cam in present for cam in self.camera_names], dtype=bool)
@@ -213,12 +231,15 @@ class WindowStream(IterableDataset):
             raise DataError(
                 f"{where}: episode has none of the cameras {self.camera_names} (has {sorted(present)})"
             )
+        # All sampled steps of a camera at once: a video member is then opened once and decoded forward.
+        per_camera = {
+            cam: camera_frames(sample, cam, timesteps, int(meta["length"]), where, video, self.frame_cache)
+            for cam in self.camera_names
+            if cam in present
+        }
         steps = []
-        for t in timesteps:
-            frames = {}
-            for cam in self.camera_names:
-                if cam in present:
-                    frames[cam] = frame_at(sample, cam, int(t), where)
+        for i in range(len(timesteps)):
+            frames = {cam: decoded[i] for cam, decoded in per_camera.items()}
             try:
                 steps.append(self.batches.cameras(frames)[0])
             except ValueError as exc:
@@ -238,7 +259,7 @@ class WindowStream(IterableDataset):
             return in_split(key, self.split, self.val_fraction)
 
         return [
-            self._decode(sample, rng, (state, action, meta))
+            self._decode(sample, rng, (state, action, meta), source)
             for sample, state, action, meta in iter_checked(
                 source, source.files[index], self.registry, memory, observation, wanted
             )

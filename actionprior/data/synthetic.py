@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from actionprior.data.schema import Episode
+from actionprior.data.video_frames import VideoSettings
 from actionprior.data.writer import DatasetWriter
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
@@ -96,11 +97,13 @@ def write_synthetic_dataset(
     embodiments: Sequence[str] | None = None,
     tasks: Sequence[str] = ("reach", "push"),
     seed: int = 0,
+    video: VideoSettings | None = None,
 ) -> list[Episode]:
     """Write a dataset (shards, manifest, stats) to ``out_dir`` and return the episodes in write order.
 
     Episodes of all embodiments are interleaved and cut into shards whose sizes cycle through
     ``shard_sizes`` (unequal on purpose: readers must cope with uneven shards across ranks/workers).
+    ``video``: frames stored as one video member per camera and episode (PNG frames when None).
     """
     registry = synthetic_registry(cameras)
     if embodiments is not None:
@@ -118,7 +121,7 @@ def write_synthetic_dataset(
             }
         key = f"ep{i:05d}_{spec.name}"
         episodes.append(make_episode(spec, key, length, rng, frames, task=tasks[i % len(tasks)]))
-    writer = DatasetWriter(out_dir, registry)
+    writer = DatasetWriter(out_dir, registry, video=video)
     start, sizes = 0, cycle(shard_sizes)
     for shard_index in range(len(episodes)):
         if start >= len(episodes):

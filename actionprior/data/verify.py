@@ -26,6 +26,7 @@ from actionprior.data.schema import (
     png_header_size,
     show,
 )
+from actionprior.data.video_frames import VideoMember, VideoSettings, video_field
 
 TRAJECTORY_FIELDS = frozenset({"state.npy", "action.npy", "meta.json"})
 # WebDataset's default decoders unpickle these (and torch.load runs pickles): worth naming as such.
@@ -66,7 +67,9 @@ class ShardAudit:
     reads every frame's size from its PNG header (``data check --no-decode-frames``); ``"first"`` checks
     that every frame is there and reads the size of each camera's first frame (the stream: the frames it
     samples it decodes, and refuses one that is undecodable or of another size then; the checksum covers
-    the bytes of the others); None for a trajectory shard.
+    the bytes of the others); None for a trajectory shard. With ``video`` (a dataset storing frames as video)
+    each camera has one video member: ``"decode"`` decodes all its frames; otherwise its header is read
+    (codec, size, frame count against meta.json's length).
     """
 
     def __init__(
@@ -76,12 +79,14 @@ class ShardAudit:
         cameras: Mapping[str, Sequence[str]],
         frames: Literal["decode", "headers", "first"] | None,
         memory: DatasetMemory,
+        video: VideoSettings | None = None,
     ):
         self.shard = shard
         self.episodes = episodes
         self.cameras = cameras
         self.frames = frames
         self.memory = memory
+        self.video = video
         self.found: set[str] = set()
 
     def key(self, key: str) -> list[Finding]:
@@ -175,6 +180,8 @@ class ShardAudit:
                 )
             )
             return out
+        if self.video is not None:
+            return self._videos(file, key, sample, cameras, length, frames)
         missing: list[str] = []
         for cam in sorted(cameras):
             names = [frame_field(cam, t) for t in range(length)]
@@ -194,20 +201,59 @@ class ShardAudit:
                 except DataError as exc:
                     out.append(Finding(key, f"{fname}: undecodable PNG ({str(exc).rsplit(': ', 1)[-1]})"))
                     continue
-                if cam not in self.memory.frame_sizes:
-                    self.memory.frame_sizes[cam] = (size, f"{file.rsplit('/', 1)[-1]}:{key}")
-                first, seen_at = self.memory.frame_sizes[cam]
-                if size != first and not reported:
+                problem = self._size_problem(file, key, cam, fname, size)
+                if problem is not None and not reported:
                     reported = True
-                    out.append(
-                        Finding(
-                            key,
-                            f"{fname}: frame size {size[0]}x{size[1]} differs from {first[0]}x{first[1]} of "
-                            f"camera '{cam}' in {seen_at} (one size per camera)",
-                        )
-                    )
+                    out.append(problem)
         if missing:
             out.insert(0, Finding(key, f"{len(missing)} frames missing (first: {min(missing)})"))
+        return out
+
+    def _size_problem(
+        self, file: str, key: str, cam: str, fname: str, size: tuple[int, int]
+    ) -> Finding | None:
+        """A finding when ``size`` (width, height) is not the first size seen of ``cam`` in the dataset."""
+        if cam not in self.memory.frame_sizes:
+            self.memory.frame_sizes[cam] = (size, f"{file.rsplit('/', 1)[-1]}:{key}")
+        first, seen_at = self.memory.frame_sizes[cam]
+        if size == first:
+            return None
+        return Finding(
+            key,
+            f"{fname}: frame size {size[0]}x{size[1]} differs from {first[0]}x{first[1]} of camera '{cam}' in "
+            f"{seen_at} (one size per camera)",
+        )
+
+    def _videos(
+        self,
+        file: str,
+        key: str,
+        sample: Mapping[str, Any],
+        cameras: Sequence[str],
+        length: int,
+        frames: list[str],
+    ) -> list[Finding]:
+        """Findings about the video member of each camera ``meta`` announces (see the class doc)."""
+        out: list[Finding] = []
+        for cam in sorted(cameras):
+            fname = video_field(cam)
+            frames.append(fname)
+            data = sample.get(fname)
+            if data is None:
+                out.append(Finding(key, f"video member '{fname}' missing"))
+                continue
+            gop = self.video.gop if self.video is not None else 1
+            try:
+                with VideoMember(data, f"{file}:{key} {fname}", length, gop) as member:
+                    if self.frames == "decode":
+                        member.all_frames()
+                    size = member.size
+            except DataError as exc:
+                out.append(Finding(key, f"{fname}: {str(exc).rsplit(f'{fname}: ', 1)[-1]}"))
+                continue
+            problem = self._size_problem(file, key, cam, fname, size)
+            if problem is not None:
+                out.append(problem)
         return out
 
     def _frame_size(self, data: bytes, where: str) -> tuple[int, int]:

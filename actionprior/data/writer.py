@@ -43,9 +43,11 @@ from actionprior.data.schema import (
     Episode,
     decode_trajectory,
     episode_to_samples,
+    trajectory_sample,
 )
 from actionprior.data.stats import compute_stats, stats_fingerprint, stats_problems
 from actionprior.data.tario import iter_tar_samples
+from actionprior.data.video_frames import VideoSettings
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 
 
@@ -62,8 +64,12 @@ class DatasetWriter:
         registry: EmbodimentRegistry,
         name: str | None = None,
         views: Sequence[str] = ALL_VIEWS,
+        video: VideoSettings | None = None,
     ):
+        """``video``: store each camera of an episode as one video member (the manifest records the settings);
+        None: one PNG per frame."""
         self.dir = Path(directory)
+        self.video = video
         self.dir.mkdir(parents=True, exist_ok=True)
         self.registry = registry
         self.views = tuple(v for v in ALL_VIEWS if v in views)
@@ -77,6 +83,14 @@ class DatasetWriter:
                     f"{self.dir / MANIFEST_FILE}: the dataset has views {list(stored)} but this run writes "
                     f"{list(self.views)}; resume with the same --no-images setting or use another --out"
                 )
+            stored_frames = self.manifest.get("frames")
+            wanted_frames = video.record() if video is not None else None
+            if stored_frames != wanted_frames and "observation" in self.views:
+                raise DataError(
+                    f"{self.dir / MANIFEST_FILE}: the dataset stores frames as {_frames_text(stored_frames)} but "
+                    f"this run writes {_frames_text(wanted_frames)}; resume with the same --frames settings or "
+                    "use another --out"
+                )
         else:
             self.manifest = {
                 "schema_version": SCHEMA_VERSION,
@@ -87,6 +101,8 @@ class DatasetWriter:
             }
             if self.views != ALL_VIEWS:
                 self.manifest["views"] = list(self.views)
+            elif video is not None:
+                self.manifest["frames"] = video.record()
 
     def has_shard(self, name: str) -> bool:
         return any(s["name"] == name for s in self.manifest["shards"])
@@ -100,7 +116,7 @@ class DatasetWriter:
         for ep in episodes:
             check_episode_dims(ep, self.registry[ep.embodiment])
         observation = "observation" in self.views
-        self.record_shard(write_shard_files(self.dir, name, episodes, observation), collection)
+        self.record_shard(write_shard_files(self.dir, name, episodes, observation, self.video), collection)
 
     def record_shard(self, entry: dict[str, Any], collection: dict[str, Any] | None = None) -> None:
         """List a shard pair already written by :func:`write_shard_files` (possibly in another process)."""
@@ -128,12 +144,17 @@ def check_episode_dims(ep: Episode, spec: EmbodimentSpec) -> None:
 
 
 def write_shard_files(
-    directory: str | Path, name: str, episodes: Sequence[Episode], observation: bool = True
+    directory: str | Path,
+    name: str,
+    episodes: Sequence[Episode],
+    observation: bool = True,
+    video: VideoSettings | None = None,
 ) -> dict[str, Any]:
     """Write the ``traj-``/``obs-`` tar pair of one shard atomically; returns its manifest entry, with the
     size and SHA-256 of each file (``checksums``).
 
     ``observation=False`` writes the ``traj-`` tar only (a trajectory-only dataset; the entry's ``obs`` is None).
+    ``video``: the ``obs-`` tar holds one video member per camera and episode instead of PNG frames.
 
     Separate from :class:`DatasetWriter` so that worker processes can encode and write shards in parallel
     while one process alone owns the manifest (``DatasetWriter.record_shard``). Every writer of shards (collect,
@@ -145,7 +166,9 @@ def write_shard_files(
     if observation:
         files["obs"] = f"{OBS_PREFIX}{name}.tar"
     sums = {
-        field: _write_hashed(directory / (file + ".tmp"), _tar_of(episodes, 0 if field == "traj" else 1))
+        field: _write_hashed(
+            directory / (file + ".tmp"), _tar_of(episodes, 0 if field == "traj" else 1, video)
+        )
         for field, file in files.items()
     }
     for file in files.values():  # published together, once both are complete
@@ -164,15 +187,25 @@ def write_shard_files(
     }
 
 
-def _tar_of(episodes: Sequence[Episode], view: int) -> Callable[[BinaryIO], None]:
+def _tar_of(
+    episodes: Sequence[Episode], view: int, video: VideoSettings | None = None
+) -> Callable[[BinaryIO], None]:
     """Writes the trajectory (``view=0``) or observation (1) samples of ``episodes`` as a WebDataset tar."""
 
     def write(stream: BinaryIO) -> None:
         with wds.TarWriter(stream) as sink:
             for ep in episodes:
-                sink.write(episode_to_samples(ep)[view])
+                # The trajectory tar never encodes a frame.
+                sink.write(trajectory_sample(ep) if view == 0 else episode_to_samples(ep, video)[1])
 
     return write
+
+
+def _frames_text(record: dict[str, Any] | None) -> str:
+    if record is None or record.get("storage") == "png":
+        return "PNG"
+    quality = "lossless" if record.get("lossless") else f"CRF {record.get('crf')}"
+    return f"video ({record.get('encoder')}, {quality}, GOP {record.get('gop')})"
 
 
 def _write_hashed(path: Path, write: Callable[[BinaryIO], None]) -> FileSum:

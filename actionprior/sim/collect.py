@@ -31,6 +31,7 @@ from rich.table import Table
 
 from actionprior.data.images import ImageFit
 from actionprior.data.schema import DataError, Episode
+from actionprior.data.video_frames import VideoSettings, add_frame_arguments, video_settings_from_args
 from actionprior.data.writer import DatasetWriter
 from actionprior.embodiments import DEFAULT_EMBODIMENT_DIR, EmbodimentRegistry
 from actionprior.process import exit_with_parent
@@ -284,12 +285,14 @@ def collect(
     registry: EmbodimentRegistry | None = None,
     console: Console | None = None,
     images: bool = True,
+    video: VideoSettings | None = None,
 ) -> CollectReport:
     """Collect (or resume collecting) successful expert demonstrations of every suite entry into ``out_dir``.
 
     ``workers <= 1`` runs in this process (no process start-up cost); otherwise a 'spawn' pool is used,
     each worker building its own simulators. ``images=False`` renders no camera and writes a trajectory-only
-    dataset (Stage 1 data; the observation view refuses it).
+    dataset (Stage 1 data; the observation view refuses it). ``video``: store each camera of an episode as one
+    video member (see :mod:`actionprior.data.video_frames`); None: one PNG per frame.
     """
     start = time.perf_counter()
     console = console or Console()
@@ -297,9 +300,13 @@ def collect(
     suite = suite if isinstance(suite, Suite) else load_suite(suite, registry)
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
+    if video is not None and not images:
+        raise ValueError(
+            "--frames video stores camera frames, but --no-images renders none; drop one of them"
+        )
     units = plan_units(suite, episodes_per_task, shard_episodes)
     views = ("trajectory", "observation") if images else ("trajectory",)
-    writer = DatasetWriter(out_dir, registry, name=suite.name, views=views)
+    writer = DatasetWriter(out_dir, registry, name=suite.name, views=views, video=video)
     todo = [u for u in units if not writer.has_shard(u.name)]
     per_task: dict[tuple[str, str], dict[str, float]] = {
         (e.embodiment, e.task): dict.fromkeys(("successes", "attempts", "run_attempts", "seconds"), 0.0)
@@ -412,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="state-action trajectories only: no cameras rendered, traj shards only (Stage 1 data)",
     )
+    add_frame_arguments(p)
     return p
 
 
@@ -431,6 +439,7 @@ def cli_main(argv: Sequence[str]) -> int:
             shard_episodes=args.shard_episodes,
             console=console,
             images=not args.no_images,
+            video=video_settings_from_args(args),
         )
     except (SuiteError, SimError, ValueError, DataError) as exc:
         console.print(f"[red]error:[/red] {exc}")

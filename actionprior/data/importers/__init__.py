@@ -23,6 +23,8 @@ from actionprior.data.importers.common import (
     remove_partial,
     run_import,
 )
+from actionprior.data.schema import DataError
+from actionprior.data.video_frames import add_frame_arguments, video_settings_from_args
 from actionprior.embodiments import EmbodimentError
 
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--restart", action="store_true", help="discard an interrupted import instead of resuming"
         )
+        add_frame_arguments(p)
     return parser
 
 
@@ -84,9 +87,12 @@ def cli_main(argv: Sequence[str]) -> int:
     try:
         if args.restart:
             remove_partial(args.out)
+        video = video_settings_from_args(args)
         source, units, spec, record = module.run_from_args(args)
-        report = run_import(source, units, args.out, spec, record, workers=args.workers, console=console)
-    except (ImportFailure, EmbodimentError) as exc:
+        report = run_import(
+            source, units, args.out, spec, record, workers=args.workers, console=console, video=video
+        )
+    except (ImportFailure, EmbodimentError, DataError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         return 2
     if report.already_complete:

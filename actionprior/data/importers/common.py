@@ -26,6 +26,7 @@ import yaml
 from rich.console import Console
 
 from actionprior.data.schema import MANIFEST_FILE, DataError, Episode
+from actionprior.data.video_frames import VideoSettings
 from actionprior.embodiments import EmbodimentRegistry, EmbodimentSpec
 from actionprior.progress import progress_bar
 
@@ -150,31 +151,33 @@ class Source(Protocol):
 
 
 # Per worker process: what _write_unit needs, set once by the pool initializer (not pickled per unit).
-_JOB: tuple[Any, Path, EmbodimentSpec] | None = None
+_JOB: tuple[Any, Path, EmbodimentSpec, VideoSettings | None] | None = None
 
 
-def _init_worker(source: Source, directory: Path, spec: EmbodimentSpec) -> None:
+def _init_worker(
+    source: Source, directory: Path, spec: EmbodimentSpec, video: VideoSettings | None = None
+) -> None:
     global _JOB
-    _JOB = (source, directory, spec)
+    _JOB = (source, directory, spec, video)
 
 
 def _write_unit(unit: Unit) -> tuple[Unit, dict[str, Any]]:
     """Load, check, encode and write one unit's shard pair; the manifest entry goes back to the parent.
 
-    Encoding PNGs is as costly as decoding the video, so it happens here, in parallel, and not in the
-    process that owns the manifest.
+    Encoding PNGs (or video) is as costly as decoding the video, so it happens here, in parallel, and not in
+    the process that owns the manifest.
     """
     from actionprior.data.writer import check_episode_dims, write_shard_files
 
     assert _JOB is not None
-    source, directory, spec = _JOB
+    source, directory, spec, video = _JOB
     episodes = source.load_unit(unit)
     for ep in episodes:
         try:
             check_episode_dims(ep, spec)
         except DataError as exc:
             raise ImportFailure(str(exc)) from None
-    return unit, write_shard_files(directory, unit.name, episodes)
+    return unit, write_shard_files(directory, unit.name, episodes, video=video)
 
 
 @dataclass
@@ -198,12 +201,14 @@ def run_import(
     workers: int = 2,
     console: Console | None = None,
     on_unit: Callable[[Unit], None] | None = None,
+    video: VideoSettings | None = None,
 ) -> ImportReport:
     """Load every unit (in ``workers`` processes) and write it; resume a partial import; publish at the end.
 
     ``record`` describes the import (source, settings): it goes into the manifest's ``import`` section and
     a partial import is resumed only with the same record. ``on_unit`` is called after each written shard
-    (tests interrupt an import with it).
+    (tests interrupt an import with it). ``video``: frames stored as video (recorded in ``record`` too, so a
+    resumed import keeps the storage); None: PNG frames.
     """
     # Imported here, not at module level: worker processes import this module but never write, and the
     # writer pulls in webdataset (and torch), seconds of start-up per spawned worker.
@@ -212,6 +217,8 @@ def run_import(
 
     start = time.perf_counter()
     console = console or Console()
+    if video is not None:
+        record = {**record, "frames": video.record()}
     out = Path(out_dir)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     total_frames = sum(u.frames for u in units)
@@ -225,7 +232,7 @@ def run_import(
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ImportFailure(f"{out} exists and is not an actionprior dataset; choose another --out")
-    writer = DatasetWriter(partial, EmbodimentRegistry([spec]), name=out.name)
+    writer = DatasetWriter(partial, EmbodimentRegistry([spec]), name=out.name, video=video)
     previous = writer.manifest.get("import")
     if previous is not None and previous != record:
         raise ImportFailure(
@@ -245,13 +252,13 @@ def run_import(
                 on_unit(unit)
 
         if workers <= 1 or len(todo) <= 1:
-            _init_worker(source, partial, spec)
+            _init_worker(source, partial, spec, video)
             for unit in todo:
                 record(*_write_unit(unit))
         else:
             # 'spawn': PyAV and pyarrow start threads, which do not survive a fork.
             ctx = mp.get_context("spawn")
-            initargs = (source, partial, spec)
+            initargs = (source, partial, spec, video)
             with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=initargs) as pool:
                 for unit, entry in pool.imap(_write_unit, todo):  # in order: output independent of workers
                     record(unit, entry)
