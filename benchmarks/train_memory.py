@@ -230,7 +230,7 @@ def measure(
         overrides["vla"] = {**overrides.get("vla", {}), **extra.pop("vla", {})}
         overrides.update(extra)
         spec = replace(base, model_overrides=overrides)
-        result = run_isolated(spec, args.run_timeout)
+        result = run_isolated(spec, args.memory_timeout)
         row["status"] = result.get("status", "ok")
         for key in ("peak_rss_gib", "peak_allocated_gib", "peak_reserved_gib", "step_s_median", "error"):
             if key in result:

@@ -776,7 +776,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--memory-default-batch", type=int, default=32, help="the analytic default batch (2B config)"
     )
     p.add_argument("--memory-image-size", type=int, default=256)
-    p.add_argument("--memory-steps", type=int, default=2, help="measured steps after one warm-up step")
+    p.add_argument("--memory-steps", type=int, default=1, help="measured steps after one warm-up step")
+    p.add_argument(
+        "--memory-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds per measured run (2B on a busy CPU: long)",
+    )
     p.add_argument(
         "--memory-ram-gb", type=float, default=18.0, help="CPU: skip modes whose analytic need exceeds this"
     )

@@ -214,3 +214,14 @@ def test_init_from_policy_adds_a_new_robot_and_keeps_the_known_ones(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="vla.num_queries is 2 in the policy but 3 here"):
         other.init_from_policy(folder)
     assert registry().names == known.names
+
+
+def test_load_from_checkpoint_rebuilds_a_lora_module_on_its_base(tmp_path):
+    module = _module()
+    _fit(module, 1)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = VLAModule.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    mine = module.state_dict()
+    assert [k for k, v in loaded.state_dict().items() if not torch.equal(v, mine[k])] == []

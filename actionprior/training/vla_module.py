@@ -140,7 +140,9 @@ class VLAModule(L.LightningModule):
                 "VLAModule: freeze_backbone and vla.lora are both set: LoRA already freezes the backbone's own "
                 "weights and trains its adapters; set freeze_backbone: false (or drop vla.lora)"
             )
-        self.model = vla.build(self.head_config, backbone_spec)
+        # A LoRA checkpoint leaves the frozen base out: its backbone is loaded from its source (and checked
+        # against the checkpoint's fingerprint in on_load_checkpoint), not rebuilt with random weights.
+        self.model = vla.build(self.head_config, None if vla.lora is not None else backbone_spec)
         # With LoRA, checkpoints leave the frozen backbone weights out and name their base instead: the
         # backbone's source, or the policy this run started from (--init_policy), and a fingerprint.
         self.init_policy: str | None = None
