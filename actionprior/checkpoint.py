@@ -26,9 +26,12 @@ from actionprior.checkpoint_file import (  # noqa: F401
     CHECKPOINT_KEY,
     FORMAT_VERSION,
     MODEL_PREFIX,
+    POLICY_BACKBONE_DIR,
+    POLICY_WEIGHTS,
     CheckpointError,
     load_checkpoint_file,
     read_payload,
+    read_policy_metadata,
     verify_zip_checksums,
 )
 from actionprior.data.normalization import Normalizer
@@ -243,19 +246,87 @@ class StoredCheckpoint:
 
     def build_vla(self, attn_implementation: str = "auto") -> Any:
         """The trained VLA (eval mode), assembled by :meth:`~actionprior.models.vla.VLAConfig.build`; needs no
-        data and no network."""
+        data and no network -- except a LoRA training checkpoint, which holds the adapters but not the frozen
+        base: that is rebuilt from its source (the backbone, or the policy the run started from) and checked
+        against the checkpoint's fingerprint of it."""
         from actionprior.models.vla import VLAConfig
 
         settings = self.vla_settings
         config = VLAConfig.from_dict(settings["config"])
-        vla = config.build(self.head_config, settings["backbone_spec"], attn_implementation, False)
+        base = settings.get("lora_base")
+        state = self.model_state()
+        if base is None:
+            vla = config.build(self.head_config, settings["backbone_spec"], attn_implementation, False)
+        else:
+            vla = self._build_on_lora_base(config, base, attn_implementation)
+            own = vla.state_dict()
+            for name, p in vla.backbone.named_parameters(remove_duplicate=False):
+                if not p.requires_grad:
+                    state.setdefault(f"backbone.{name}", own[f"backbone.{name}"])
         try:
-            vla.load_state_dict(self.model_state())
+            vla.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointMismatchError(
                 f"{self.source}: weights do not match the stored VLA config ({str(exc).splitlines()[0]})"
             ) from None
         return vla.eval()
+
+    def _build_on_lora_base(self, config: Any, base: Mapping[str, Any], attn_implementation: str) -> Any:
+        from actionprior.models.lora import copy_base_weights, frozen_fingerprint, merge_lora
+
+        policy = base.get("init_policy")
+        if policy:  # the base is that policy's backbone (its adapters, if any, merged)
+            origin = read_policy(policy).build_vla(attn_implementation)
+            merge_lora(origin)
+            vla = config.build(
+                self.head_config, self.vla_settings["backbone_spec"], attn_implementation, False
+            )
+            copy_base_weights(vla.backbone, origin.backbone.state_dict())
+        else:
+            vla = config.build(self.head_config, None, attn_implementation, False)
+        found = frozen_fingerprint(vla.backbone)
+        if found != base.get("fingerprint"):
+            raise CheckpointMismatchError(
+                f"{self.source}: its LoRA adapters were trained on base weights with fingerprint "
+                f"{base.get('fingerprint')}, but {policy or config.backbone} gives {found}"
+            )
+        return vla
+
+
+def read_policy_folder(root: str | Path) -> StoredCheckpoint:
+    """An exported policy folder (``actionprior export``) as a :class:`StoredCheckpoint`. Untrusted: the JSON is
+    size-capped, weights are read by safetensors (tensors only), backbone files are the folder's plain files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    meta = read_policy_metadata(root)
+    backbone = root / POLICY_BACKBONE_DIR
+    if not backbone.is_dir():
+        raise CheckpointError(f"{root}: no {POLICY_BACKBONE_DIR}/ folder with the backbone's files")
+    files = {p.name: p.read_text() for p in sorted(backbone.iterdir()) if p.is_file()}
+    payload = dict(meta["payload"])
+    vla = dict(payload.get("vla") or {})
+    vla["backbone_spec"] = {"source": vla.pop("backbone_source", ""), "files": files}
+    payload["vla"] = vla
+    try:
+        weights = load_file(str(root / POLICY_WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{root / POLICY_WEIGHTS}: cannot read the weights ({exc})") from None
+    state = {MODEL_PREFIX + k: v for k, v in weights.items()}
+    return StoredCheckpoint.from_dict({"state_dict": state, "actionprior": payload}, str(root))
+
+
+def read_policy(path: str | Path) -> StoredCheckpoint:
+    """A Stage 2 policy: an exported folder or a Stage 2 checkpoint file (``--init_policy``)."""
+    path = Path(path)
+    if path.is_dir():
+        stored = read_policy_folder(path)
+    elif path.is_file():
+        stored = StoredCheckpoint.read(path)
+    else:
+        raise FileNotFoundError(f"no exported policy folder or checkpoint file at '{path}'")
+    return stored.expect_stage(2, "a policy")
 
 
 def _head_name(payload: Mapping[str, Any]) -> str:

@@ -32,8 +32,50 @@ READABLE_VERSIONS = (2, 3)
 MODEL_PREFIX = "model."
 
 
+# An exported policy folder (``actionprior export``): its files and metadata format.
+POLICY_FORMAT = "actionprior-policy"
+POLICY_FORMAT_VERSION = 1
+POLICY_WEIGHTS, POLICY_METADATA, POLICY_BACKBONE_DIR = "model.safetensors", "actionprior.json", "backbone"
+MAX_POLICY_JSON_BYTES = (
+    64 * 2**20
+)  # normalisation statistics of many robots fit easily; a hostile file does not
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or used: not a checkpoint, another stage, or incompatible."""
+
+
+def read_policy_metadata(root: str | Path) -> dict[str, Any]:
+    """The ``actionprior.json`` of an exported policy folder (size-capped, checked), or one line why not."""
+    import json
+
+    meta_path = Path(root) / POLICY_METADATA
+    if not meta_path.is_file():
+        raise CheckpointError(f"{root}: no {POLICY_METADATA}; not a folder written by `actionprior export`")
+    if meta_path.stat().st_size > MAX_POLICY_JSON_BYTES:
+        raise CheckpointError(f"{meta_path}: larger than {MAX_POLICY_JSON_BYTES >> 20} MB")
+    try:
+        meta: Any = json.loads(meta_path.read_text())
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({str(exc)[:120]})") from None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != POLICY_FORMAT
+        or not isinstance(meta.get("payload"), dict)
+    ):
+        raise CheckpointError(f"{meta_path}: not an actionprior policy description")
+    if meta.get("format_version") != POLICY_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: format version {meta.get('format_version')}, this code reads {POLICY_FORMAT_VERSION}"
+        )
+    return meta
+
+
+def read_any_payload(path: str | Path) -> dict[str, Any]:
+    """The payload of a checkpoint file or of an exported policy folder (no weights are read from a folder)."""
+    if Path(path).is_dir():
+        return dict(read_policy_metadata(path)["payload"])
+    return read_payload(load_checkpoint_file(path, mmap=True), str(path))
 
 
 def read_payload(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:

@@ -756,6 +756,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None, help="stop starting runs after this many seconds")
     p.add_argument("--json", type=Path, default=Path("runs/bench/train_throughput.json"))
     p.add_argument("--markdown", type=Path, default=None, help="default: the --json path with .md")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak memory per step of random:qwen3_vl_2b: full FT vs LoRA vs frozen backbone, analytic "
+        "(bf16/fp32, with/without gradient checkpointing) and measured (benchmarks/train_memory.py)",
+    )
+    p.add_argument(
+        "--memory-modes",
+        nargs="*",
+        choices=["full", "lora", "frozen"],
+        default=["full", "lora", "frozen"],
+        help="modes to measure (none: analytic only)",
+    )
+    p.add_argument(
+        "--memory-batch", type=int, default=None, help="measured batch (default: 1 on CPU, 32 on GPU)"
+    )
+    p.add_argument(
+        "--memory-default-batch", type=int, default=32, help="the analytic default batch (2B config)"
+    )
+    p.add_argument("--memory-image-size", type=int, default=256)
+    p.add_argument("--memory-steps", type=int, default=1, help="measured steps after one warm-up step")
+    p.add_argument(
+        "--memory-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds per measured run (2B on a busy CPU: long)",
+    )
+    p.add_argument(
+        "--memory-ram-gb", type=float, default=18.0, help="CPU: skip modes whose analytic need exceeds this"
+    )
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one RunSpec (JSON)
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -775,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     cuda = torch.cuda.is_available()
     n_gpus = torch.cuda.device_count() if cuda else 0
+    if args.memory and not args.backbone.startswith("random:"):
+        args.backbone = "random:qwen3_vl_2b"  # the memory table is about the 2B architecture
     overrides: dict[str, Any] = {}
     backbone_config = args.backbone_config
     if backbone_config is None and args.backbone == "random:qwen3_vl_2b":
@@ -813,6 +845,18 @@ def main(argv: list[str] | None = None) -> int:
         peak_tflops=args.peak_tflops,
         model_overrides=overrides,
     )
+    if args.memory:
+        from benchmarks.train_memory import memory_main
+
+        memory_batch = args.memory_batch or (32 if cuda else 1)
+        spec = replace(
+            base,
+            batch_size=memory_batch,
+            image_size=args.memory_image_size,
+            steps=args.memory_steps,
+            warmup=1,
+        )
+        return memory_main(args, spec, cuda)
     devices = args.devices or n_gpus  # on CPU, --devices 2 rehearses DDP with two gloo processes
     runs, skipped = plan_runs(args, base, devices)
     t_start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 
-from actionprior.checkpoint_file import load_checkpoint_file, read_payload
+from actionprior.checkpoint_file import read_any_payload
 from actionprior.data.images import image_fit_of_manifests
 from actionprior.data.loader import StreamLoader
 from actionprior.data.location import shown_path
@@ -83,8 +83,9 @@ class ActionPriorDataModule(L.LightningDataModule):
         image_size: fit frames to this square size (observation view) as the datasets' import recorded it
             (:mod:`actionprior.data.images`: pad or crop, keeping the aspect ratio); None keeps the stored size.
         camera_names: cameras in batch order; default: union of the embodiments' cameras.
-        stats_from: a Stage 1 checkpoint being adapted (``--init_from`` sets it): the embodiments it knows
-            keep its normalisation statistics, so the prior keeps its meaning; the others take the data's.
+        stats_from: a Stage 1 checkpoint being adapted (``--init_from`` sets it), or the Stage 2 policy a run starts
+            from (``--init_policy``: a checkpoint or an exported folder): the embodiments it knows keep its
+            normalisation statistics, so the model keeps its meaning; the others take the data's.
         verify_checksums: check every shard against the size and SHA-256 its manifest records, on the
             bytes the stream reads anyway (a mismatch is refused, naming the shard); false skips it.
     """
@@ -176,7 +177,7 @@ class ActionPriorDataModule(L.LightningDataModule):
 
     def _checkpoint_stats(self, stats: dict[str, Any], path: str, mode: str) -> dict[str, Any]:
         """``stats`` with the entries of the embodiments the checkpoint at ``path`` knows replaced by its own."""
-        payload = read_payload(load_checkpoint_file(path), str(path))
+        payload = read_any_payload(path)  # a checkpoint file, or an exported policy folder (--init_policy)
         stored = payload["normalization"]
         if stored.get("mode") != mode:
             raise DataError(

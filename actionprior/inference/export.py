@@ -9,6 +9,7 @@
       backbone/             the backbone's config, tokenizer and image-processor files (save_pretrained)
       README.md             what it is and how to load it
 
+A LoRA checkpoint's adapters are merged into the weights (``--keep-adapters`` keeps them apart).
 ``Policy.from_pretrained("my-policy")`` loads it offline; a hub repository holding such a folder loads the
 same way where a hub is reachable. Everything read back is untrusted: JSON is size-capped, weights are read
 by safetensors (tensors only), backbone file names must be plain names inside ``backbone/``.
@@ -19,20 +20,28 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
-from actionprior.checkpoint import MODEL_PREFIX, CheckpointError, StoredCheckpoint
+from actionprior.checkpoint import MODEL_PREFIX, StoredCheckpoint, read_policy_folder
+from actionprior.checkpoint_file import MAX_POLICY_JSON_BYTES as MAX_JSON_BYTES  # noqa: F401
+from actionprior.checkpoint_file import POLICY_BACKBONE_DIR as BACKBONE_DIR
+from actionprior.checkpoint_file import POLICY_FORMAT as FORMAT
+from actionprior.checkpoint_file import POLICY_FORMAT_VERSION as FORMAT_VERSION
+from actionprior.checkpoint_file import POLICY_METADATA as METADATA
+from actionprior.checkpoint_file import POLICY_WEIGHTS as WEIGHTS
 from actionprior.data.schema import check_file_name
 
-FORMAT = "actionprior-policy"
-FORMAT_VERSION = 1
-WEIGHTS, METADATA, BACKBONE_DIR = "model.safetensors", "actionprior.json", "backbone"
-MAX_JSON_BYTES = 64 * 2**20  # normalisation statistics of many robots fit easily; a hostile file does not
 
+def export_policy(checkpoint: str | Path, out_dir: str | Path, keep_adapters: bool = False) -> Path:
+    """Write the folder for a Stage 2 checkpoint; returns its path.
 
-def export_policy(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write the folder for a Stage 2 checkpoint; returns its path."""
+    A LoRA checkpoint (``vla.lora``) is rebuilt on its base and, by default, its adapters are merged into the
+    weights: the folder is then an ordinary policy with plain layers. ``keep_adapters=True`` writes the base
+    and the adapters apart (LoRA layers, ``vla.lora`` kept in the description). Either way the folder holds
+    every weight (a policy loads offline).
+    """
     from safetensors.torch import save_file
+
+    from actionprior.models.lora import merge_lora
 
     stored = StoredCheckpoint.read(checkpoint).expect_stage(2, "export")
     out = Path(out_dir)
@@ -40,8 +49,20 @@ def export_policy(checkpoint: str | Path, out_dir: str | Path) -> Path:
     payload = dict(stored.payload)
     vla = dict(payload["vla"])
     spec = vla.pop("backbone_spec")
+    config = dict(vla["config"])
+    merged = 0
+    if config.get("lora") is not None:
+        model = stored.build_vla()
+        if not keep_adapters:
+            merged = merge_lora(model)
+            config["lora"] = None
+        state = model.state_dict()
+    else:
+        state = stored.model_state(MODEL_PREFIX)
+    vla.pop("lora_base", None)  # the folder holds the base weights themselves
+    vla["config"] = config
     payload["vla"] = vla | {"backbone_source": spec.get("source", "")}
-    weights = {k: v.contiguous() for k, v in stored.model_state(MODEL_PREFIX).items()}
+    weights = {k: v.contiguous() for k, v in state.items()}
     # Tied weights share storage; safetensors refuses aliases, so each tensor is written as its own copy.
     seen: set[int] = set()
     for key, tensor in weights.items():
@@ -54,6 +75,8 @@ def export_policy(checkpoint: str | Path, out_dir: str | Path) -> Path:
     for name, text in spec["files"].items():
         (backbone / check_file_name(name, "checkpoint backbone spec: file")).write_text(text)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_checkpoint": Path(checkpoint).name}
+    if merged:
+        meta["lora_merged_layers"] = merged
     (out / METADATA).write_text(json.dumps(meta | {"payload": payload}, indent=1, sort_keys=True))
     (out / "README.md").write_text(
         f"# actionprior policy\n\nExported from `{Path(checkpoint).name}` (embodiments: "
@@ -81,44 +104,8 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 
 def read_exported(name_or_path: str | Path) -> StoredCheckpoint:
-    """The exported policy as a :class:`StoredCheckpoint` (the same object a checkpoint file gives)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    root = _resolve(name_or_path)
-    meta_path = root / METADATA
-    if not meta_path.is_file():
-        raise CheckpointError(f"{root}: no {METADATA}; not a folder written by `actionprior export`")
-    if meta_path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{meta_path}: larger than {MAX_JSON_BYTES >> 20} MB")
-    try:
-        meta: Any = json.loads(meta_path.read_text())
-    except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({str(exc)[:120]})") from None
-    if (
-        not isinstance(meta, dict)
-        or meta.get("format") != FORMAT
-        or not isinstance(meta.get("payload"), dict)
-    ):
-        raise CheckpointError(f"{meta_path}: not an actionprior policy description")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{meta_path}: format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}"
-        )
-    backbone = root / BACKBONE_DIR
-    if not backbone.is_dir():
-        raise CheckpointError(f"{root}: no {BACKBONE_DIR}/ folder with the backbone's files")
-    files = {p.name: p.read_text() for p in sorted(backbone.iterdir()) if p.is_file()}
-    payload = dict(meta["payload"])
-    vla = dict(payload.get("vla") or {})
-    vla["backbone_spec"] = {"source": vla.pop("backbone_source", ""), "files": files}
-    payload["vla"] = vla
-    try:
-        weights = load_file(str(root / WEIGHTS))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{root / WEIGHTS}: cannot read the weights ({exc})") from None
-    state = {MODEL_PREFIX + k: v for k, v in weights.items()}
-    return StoredCheckpoint.from_dict({"state_dict": state, "actionprior": payload}, str(root))
+    """The exported policy (a folder, or a hub id holding one) as a :class:`StoredCheckpoint`."""
+    return read_policy_folder(_resolve(name_or_path))
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -127,7 +114,12 @@ def cli_main(argv: list[str] | None = None) -> int:
         "--ckpt", required=True, help="a Stage 2 checkpoint (e.g. runs/stage2/checkpoints/last.ckpt)"
     )
     p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument(
+        "--keep-adapters",
+        action="store_true",
+        help="a LoRA checkpoint: keep the adapters apart from the base weights (default: merge them in)",
+    )
     args = p.parse_args(argv)
-    out = export_policy(args.ckpt, args.out)
+    out = export_policy(args.ckpt, args.out, keep_adapters=args.keep_adapters)
     print(f"exported {args.ckpt} -> {out} ({', '.join(sorted(f.name for f in out.iterdir()))})")
     return 0

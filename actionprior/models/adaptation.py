@@ -191,6 +191,23 @@ def transfer_prior_weights(
     return report
 
 
+def copy_embodiment_linear(
+    source: EmbodimentLinear,
+    source_registry: EmbodimentRegistry,
+    target: EmbodimentLinear,
+    target_registry: EmbodimentRegistry,
+) -> None:
+    """Copy one per-embodiment layer (e.g. the VLA's state token projection) by embodiment name, in place; robots
+    new to ``source`` keep ``target``'s init."""
+    pairs = [
+        (source_registry.id_of(n), target_registry.id_of(n))
+        for n in target_registry.names
+        if n in source_registry
+    ]
+    with torch.no_grad():
+        _copy_linear(source, target, pairs)
+
+
 def _copy_linear(source: EmbodimentLinear, target: EmbodimentLinear, pairs: list[tuple[int, int]]) -> bool:
     """Copy one layer; True when a shared (padded) layer was resized."""
     if source.shared != target.shared:
@@ -219,4 +236,10 @@ def _real_dims(layer: EmbodimentLinear, index: int) -> tuple[int, int]:
     return int(layer.in_mask[index].sum()), int(layer.out_mask[index].sum())
 
 
-__all__ = ["ADAPTATION_KEYS", "AdaptationReport", "adaptation_problems", "transfer_prior_weights"]
+__all__ = [
+    "ADAPTATION_KEYS",
+    "AdaptationReport",
+    "adaptation_problems",
+    "copy_embodiment_linear",
+    "transfer_prior_weights",
+]

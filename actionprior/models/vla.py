@@ -46,6 +46,7 @@ from actionprior.models.action_head import (
     refuse_unknown_keys,
 )
 from actionprior.models.backbones import VLMBackbone
+from actionprior.models.lora import LoRAConfig, apply_lora, check_quantize_available, quantization_config
 from actionprior.models.rtc import RTCGuide
 from actionprior.models.state_token import StateToken
 
@@ -78,6 +79,8 @@ class VLAConfig:
             are ``model.init_args.prior`` for ``action_prior`` (the default), ``model.init_args.head`` otherwise.
             ``module:name`` imports ``module`` first (the file that registers a head of your own; a config is
             trusted) and keeps ``name``; a stored config (a checkpoint) must give the bare name.
+        lora: LoRA adapters on the backbone (:class:`~actionprior.models.lora.LoRAConfig`; its weights frozen,
+            the action module trained fully); None = the backbone trains (or is frozen) as a whole.
     """
 
     backbone: str = "tiny:qwen3_vl"
@@ -91,8 +94,11 @@ class VLAConfig:
     history_mode: HistoryMode = "exact"
     action_prior: PriorInit = "stage1"
     head: str = "action_prior"
+    lora: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, Mapping):
+            self.lora = LoRAConfig.from_dict(self.lora)
         if ":" in self.head:  # a user's config: import the module that registers the head
             module, _, self.head = self.head.partition(":")
             importlib.import_module(module)
@@ -144,12 +150,27 @@ class VLAConfig:
         checkpointing = (
             self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
         )
+        quantize = None
+        if self.lora is not None:
+            check_quantize_available(self.lora)  # QLoRA refuses here, before any weight is loaded
+            quantize = quantization_config(self.lora) if self.lora.quantize else None
         if backbone_spec is not None:
+            if quantize is not None:
+                raise ValueError(
+                    "vla.lora.quantize: a QLoRA backbone is loaded from its source (hub id or directory), "
+                    "not rebuilt from a checkpoint's spec"
+                )
             backbone = VLMBackbone.from_spec(dict(backbone_spec), attn, checkpointing)
         else:
             backbone = VLMBackbone.from_pretrained(
-                self.backbone, attn, checkpointing, torch_dtype=self.backbone_dtype
+                self.backbone,
+                attn,
+                checkpointing,
+                torch_dtype=self.backbone_dtype,
+                quantization_config=quantize,
             )
+        if self.lora is not None:
+            apply_lora(backbone.model, self.lora, self.backbone)
         return VLA.from_config(backbone, kind.build(kind.config_from(head_config)), self)
 
 

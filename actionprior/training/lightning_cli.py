@@ -103,6 +103,13 @@ class ActionPriorCLI(LightningCLI):
             help="Stage 1: start from this trained prior; robots new to it get fresh projections, the ones it "
             "knows keep its weights and normalisation statistics",
         )
+        parser.add_argument(
+            "--init_policy",
+            type=str | None,
+            default=None,
+            help="Stage 2: start from this policy (an exported folder or a Stage 2 checkpoint): its weights, "
+            "robots and their statistics; robots new to it get fresh projections and the data's statistics",
+        )
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}"})
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
@@ -132,6 +139,7 @@ class ActionPriorCLI(LightningCLI):
             config.get("ckpt_path"), checkpoint_dir(config.trainer.get("default_root_dir"))
         )
         self._stage1 = None
+        self._policy = init_policy_settings(config)
         if _is_stage2(config.model.class_path):
             resume = config.get("ckpt_path")
             if resume == "last":
@@ -161,6 +169,9 @@ class ActionPriorCLI(LightningCLI):
             self._hand_over_stage1_checkpoint(path)
         if getattr(self, "_init_from", None):
             self.model.adapt_from(self._init_from)
+        if getattr(self, "_policy", None) is not None:
+            self.model.init_from_policy(self._policy)
+            self._policy = None  # its weights are in the module now
 
     def _hand_over_stage1_checkpoint(self, path: str) -> None:
         if not Path(path).is_file():
@@ -214,6 +225,53 @@ def init_from_settings(config: Any) -> str | None:
         if read_payload(load_checkpoint_file(resume), resume).get("prior_source"):
             config.data.stats_from = resume
     return None
+
+
+def init_policy_settings(config: Any) -> Any:
+    """``--init_policy PATH`` (Stage 2 only): read the policy once, let the DataModule keep its statistics for the
+    robots it knows (``data.stats_from``) and take the action prior's settings from it when the config leaves
+    them unset. Returns the :class:`~actionprior.checkpoint.StoredCheckpoint` (None without the flag). A resumed
+    run without the flag takes the statistics from the checkpoint being resumed (they are what it used)."""
+    from actionprior.checkpoint import CheckpointError, read_policy
+    from actionprior.checkpoint_file import read_any_payload
+    from actionprior.training.configs import settings_dict
+
+    path = config.get("init_policy")
+    if not _is_stage2(config.model.class_path):
+        if path:
+            raise ValueError(
+                "--init_policy is for Stage 2 (a VLA policy); Stage 1 starts from a prior with --init_from"
+            )
+        return None
+    if not path:
+        resume = config.get("ckpt_path")
+        if resume == "last":
+            resume = str(Path(checkpoint_dir(config.trainer.get("default_root_dir"))) / "last.ckpt")
+        if (
+            resume
+            and not config.data.get("stats_from")
+            and Path(resume).is_file()
+            and read_any_payload(resume).get("vla", {}).get("init_policy")
+        ):
+            config.data.stats_from = resume
+        return None
+    if config.get("stage1_ckpt"):
+        raise ValueError(
+            "--init_policy and --stage1_ckpt were both given: the policy already holds its action prior; "
+            "drop --stage1_ckpt"
+        )
+    try:
+        stored = read_policy(path)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CheckpointError(f"--init_policy: {exc}") from None
+    config.data.stats_from = path
+    init_args = config.model.init_args
+    vla = init_args.get("vla")
+    head = vla.get("head") if hasattr(vla, "get") else getattr(vla, "head", None)
+    if init_args.get("prior") is None and (head or "action_prior") == "action_prior":
+        init_args["prior"] = settings_dict(stored.prior_config)
+        log.info("Stage 2: action prior settings from the policy %s", path)
+    return stored
 
 
 def fill_prior_settings(init_args: Any, stage1_ckpt: str | None, resume_ckpt: str | None = None) -> Any:

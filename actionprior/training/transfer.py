@@ -133,7 +133,14 @@ class ActionPriorTransfer(Callback):
                 f"ActionPriorTransfer: the no-prior baseline was configured (vla.action_prior: scratch) but a "
                 f"Stage 1 checkpoint was given ({self.stage1_ckpt}); drop --stage1_ckpt or the baseline config"
             )
-        if pl_module.prior_source is not None or trainer.ckpt_path is not None:
+        policy = getattr(pl_module, "init_policy", None)
+        if policy is not None and trainer.ckpt_path is None:
+            log.info(
+                "ActionPriorTransfer: starting from the policy %s; its action head is kept (prior: %s)",
+                policy,
+                pl_module.prior_source,
+            )
+        elif pl_module.prior_source is not None or trainer.ckpt_path is not None:
             # Resuming a Stage 2 run: its own checkpoint already holds the (fine-tuned) prior weights.
             log.info(
                 "ActionPriorTransfer: resuming Stage 2 from %s; Stage 1 weights are not reloaded (prior: %s)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,12 +32,16 @@ from actionprior.checkpoint import (
     CHECKPOINT_KEY,
     CheckpointMismatchError,
     StoredCheckpoint,
+    check_adaptable,
     check_compatible,
     checkpoint_payload,
     data_contract,
+    read_policy,
 )
 from actionprior.data.images import ImageFit
 from actionprior.models.action_prior import ActionPriorConfig
+from actionprior.models.adaptation import AdaptationReport, copy_embodiment_linear, transfer_prior_weights
+from actionprior.models.lora import copy_base_weights, frozen_fingerprint, merge_lora
 from actionprior.models.vla import VLAConfig
 from actionprior.training.action_scaling import ActionScaler
 from actionprior.training.augment import random_shift
@@ -57,6 +62,8 @@ BATCH_KEYS = (
     "instruction",
 )
 HISTORY_KEYS = ("history_state", "history_action", "history_mask")
+# The VLA settings a policy and the run starting from it (--init_policy) must share: they shape the weights.
+POLICY_ARCHITECTURE_KEYS = ("backbone", "num_queries", "head_hidden", "use_state", "use_history", "head")
 
 
 class VLAModule(L.LightningModule):
@@ -128,7 +135,18 @@ class VLAModule(L.LightningModule):
         self.registry, self.normalizer = data_contract(embodiments, normalization, "VLAModule")
         self.head_config = settings.bind(self.registry, chunk_len)
         # From a checkpoint (backbone_spec): no hub, the weights come from the state dict.
-        self.model = vla.build(self.head_config, backbone_spec)
+        if freeze_backbone and vla.lora is not None:
+            raise ValueError(
+                "VLAModule: freeze_backbone and vla.lora are both set: LoRA already freezes the backbone's own "
+                "weights and trains its adapters; set freeze_backbone: false (or drop vla.lora)"
+            )
+        # A LoRA checkpoint leaves the frozen base out: its backbone is loaded from its source (and checked
+        # against the checkpoint's fingerprint in on_load_checkpoint), not rebuilt with random weights.
+        self.model = vla.build(self.head_config, None if vla.lora is not None else backbone_spec)
+        # With LoRA, checkpoints leave the frozen backbone weights out and name their base instead: the
+        # backbone's source, or the policy this run started from (--init_policy), and a fingerprint.
+        self.init_policy: str | None = None
+        self._base_fingerprint: str | None = None
         for flag, owner, part in (
             (freeze_backbone, self.model, "backbone"),
             (freeze_encoder, self.model.head, "encoder"),
@@ -298,6 +316,62 @@ class VLAModule(L.LightningModule):
             betas=tuple(h.betas),
         )
 
+    # ------------------------------------------------------------------ starting from a policy
+    def init_from_policy(self, stored: StoredCheckpoint | str | Path) -> AdaptationReport:
+        """Start from a trained Stage 2 policy (``--init_policy``: an exported folder or a Stage 2 checkpoint).
+
+        Every weight is the policy's (LoRA adapters of a checkpoint merged in first; this run's own adapters,
+        if any, start fresh on top, i.e. as the identity). Embodiments are matched by name as ``--init_from``
+        does in Stage 1: robots the policy knows keep their projections (and, through ``data.stats_from``,
+        their statistics), new ones start fresh. The VLA's architecture and the action head's must match.
+        """
+        if not isinstance(stored, StoredCheckpoint):
+            stored = read_policy(stored)
+        source = f"--init_policy '{stored.source}'"
+        theirs = VLAConfig.from_dict(stored.vla_settings["config"])
+        differ = [
+            f"vla.{k} is {getattr(theirs, k)!r} in the policy but {getattr(self.vla_config, k)!r} here"
+            for k in POLICY_ARCHITECTURE_KEYS
+            if getattr(theirs, k) != getattr(self.vla_config, k)
+        ]
+        if differ:
+            raise CheckpointMismatchError(
+                f"{source} is incompatible with this configuration: {'; '.join(differ)}"
+            )
+        check_adaptable(stored, source, self.registry, self.head_config, normalizer=self.normalizer)
+        origin = stored.build_vla()
+        merge_lora(origin)
+        report = transfer_prior_weights(origin.head, stored.registry, self.model.head, self.registry)
+        copy_base_weights(self.model.backbone, origin.backbone.state_dict())
+        if self.model.state_token is not None:
+            copy_embodiment_linear(
+                origin.state_token.project, stored.registry, self.model.state_token.project, self.registry
+            )
+        mine, given = self.model.state_dict(keep_vars=True), origin.state_dict()
+        with torch.no_grad():
+            for key, tensor in mine.items():
+                if key.startswith(("backbone.", "head.", "state_token.project.")):
+                    continue
+                if key not in given or given[key].shape != tensor.shape:
+                    raise CheckpointMismatchError(
+                        f"{source}: '{key}' is missing or shaped differently in the policy"
+                    )
+                tensor.copy_(given[key])
+        self.init_policy = stored.source
+        self.prior_source = stored.prior_source or stored.source
+        self._base_fingerprint = None  # the base weights are the policy's now
+        log.info("Stage 2: initialised from the policy %s: %s", stored.source, report.summary())
+        log.info(
+            "Stage 2: normalisation statistics of %s are the policy's; %s take the data's",
+            report.kept,
+            report.added or "no other embodiment",
+        )
+        if report.added:
+            log.warning(
+                "Stage 2: embodiments %s are new to the policy: their projections start fresh", report.added
+            )
+        return report
+
     # ------------------------------------------------------------------ checkpoints
     def vla_settings(self) -> dict[str, Any]:
         return {
@@ -309,9 +383,35 @@ class VLAModule(L.LightningModule):
             "backbone_spec": self.model.backbone.export_spec(),
         }
 
+    def base_reference(self) -> dict[str, Any]:
+        """What a LoRA checkpoint's adapters were trained on: the frozen backbone weights it leaves out."""
+        if self._base_fingerprint is None:  # the base is frozen: computed once
+            self._base_fingerprint = frozen_fingerprint(self.model.backbone)
+        return {
+            "backbone": self.vla_config.backbone,
+            "init_policy": self.init_policy,
+            "fingerprint": self._base_fingerprint,
+        }
+
+    def _frozen_backbone_keys(self) -> list[str]:
+        return [
+            f"model.backbone.{name}"
+            for name, p in self.model.backbone.named_parameters(remove_duplicate=False)
+            if not p.requires_grad
+        ]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        settings = self.vla_settings()
+        if self.vla_config.lora is not None:
+            state = checkpoint.get("state_dict", {})
+            omitted = [k for k in self._frozen_backbone_keys() if k in state]
+            for key in omitted:
+                del state[key]
+            settings["lora_base"] = self.base_reference() | {"omitted": len(omitted)}
+        if self.init_policy is not None:
+            settings["init_policy"] = self.init_policy
         payload = checkpoint_payload(
-            self.head_config, self.registry, self.normalizer, self.vla_settings(), self.prior_source
+            self.head_config, self.registry, self.normalizer, settings, self.prior_source
         )
         checkpoint[CHECKPOINT_KEY] = payload
         # So that load_from_checkpoint rebuilds the backbone from the stored spec, not from the hub.
@@ -337,4 +437,28 @@ class VLAModule(L.LightningModule):
             raise CheckpointMismatchError(
                 f"{source} is incompatible with this configuration: {'; '.join(differ)}"
             )
+        base = stored.vla_settings.get("lora_base")
+        if base is not None:
+            self._fill_lora_base(checkpoint, base, source)
         self.prior_source = stored.prior_source
+        self.init_policy = self.init_policy or stored.vla_settings.get("init_policy")
+
+    def _fill_lora_base(self, checkpoint: dict[str, Any], base: Mapping[str, Any], source: str) -> None:
+        """Put this module's frozen backbone weights into a LoRA checkpoint's state dict (which leaves them
+        out), after checking they are the weights its adapters were trained on."""
+        mine = self.base_reference()
+        if base.get("init_policy") and base.get("init_policy") != mine["init_policy"]:
+            raise CheckpointMismatchError(
+                f"{source}: its LoRA base weights come from the policy {base['init_policy']}: pass "
+                f"--init_policy {base['init_policy']} to resume it"
+            )
+        if base.get("fingerprint") != mine["fingerprint"]:
+            raise CheckpointMismatchError(
+                f"{source}: its LoRA adapters were trained on other base weights (fingerprint "
+                f"{base.get('fingerprint')} of {base.get('backbone')!r}) than this model's ({mine['fingerprint']} "
+                f"of {mine['backbone']!r})"
+            )
+        own = self.state_dict()
+        state = checkpoint.setdefault("state_dict", {})
+        for key in self._frozen_backbone_keys():
+            state.setdefault(key, own[key])

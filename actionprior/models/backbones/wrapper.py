@@ -140,15 +140,22 @@ class VLMBackbone(nn.Module):
         gradient_checkpointing: bool = False,
         torch_dtype: str | None = None,
         tiny_seed: int = 0,
+        quantization_config: Any = None,
     ) -> VLMBackbone:
         """A hub id, a local directory, ``tiny:<family>`` or ``random:<name>`` (random weights, built
-        offline); ``generic:<any of these>`` forces the processor-driven path."""
+        offline); ``generic:<any of these>`` forces the processor-driven path. ``quantization_config``: a
+        ``transformers`` quantisation config (QLoRA's 4-bit base) for a hub id or directory."""
         attn = pick_attn_implementation(attn_implementation)
         path, name = "auto", name_or_path
         if name.startswith(GENERIC_PREFIX):
             path, name = "generic", name[len(GENERIC_PREFIX) :]
         tokenizer = image_processor = None
         if name.startswith((TINY_PREFIX, RANDOM_PREFIX)):
+            if quantization_config is not None:
+                raise ValueError(
+                    f"backbone '{name_or_path}': quantisation (QLoRA) applies to a pretrained backbone loaded "
+                    "from a hub id or directory, not to one built from a config (tiny:/random:)"
+                )
             from actionprior.models.backbones.random_backbones import build_random_backbone
             from actionprior.models.backbones.tiny import build_tiny_backbone
 
@@ -157,7 +164,10 @@ class VLMBackbone(nn.Module):
             model.set_attn_implementation(attn)
         else:
             config = AutoConfig.from_pretrained(name)
-            model = AutoModel.from_pretrained(name, attn_implementation=attn, dtype=torch_dtype or "auto")
+            extra = {"quantization_config": quantization_config} if quantization_config is not None else {}
+            model = AutoModel.from_pretrained(
+                name, attn_implementation=attn, dtype=torch_dtype or "auto", **extra
+            )
             processor = None
             if path == "generic" or config.model_type not in ADAPTERS:
                 check_image_text_model(model, name)  # before looking for a processor it would not need
