@@ -40,6 +40,24 @@ def _report(successes: list[bool], jerk: float, jump: float, mode: str, delay: i
     }
 
 
+def test_smoother_mode_shown_more_successful_meets_the_jerk_goal_and_one_shown_worse_does_not() -> None:
+    import argparse
+
+    args = argparse.Namespace(replan_every=8, delays=[0])
+    replan = _report([True] * 10 + [False] * 30, 0.4, 1.2, "replan", 0, 8)
+    goal = "ensemble lowers RMS jerk >= 2x against replan at d=0, at equal success"
+    for ensemble_wins, met in ((30, True), (10, True), (0, False)):
+        ensemble = _report(
+            [True] * ensemble_wins + [False] * (40 - ensemble_wins), 0.1, 0.3, "ensemble", 0, 1
+        )
+        g = {
+            g["goal"]: g
+            for g in execution_modes.goals(args, {("replan", 0): replan, ("ensemble", 0): ensemble})
+        }
+        assert g[goal]["rms_jerk_replan_over_mode"] == pytest.approx(4.0)
+        assert g[goal]["met"] is met, (ensemble_wins, g[goal]["success_minus_replan"])
+
+
 def test_grid_runs_each_cell_once_and_summarises_goals(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "grid"
