@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from tiny_video import encoded_video
 
 from actionprior.data import shards, video_frames
 from actionprior.data.check import check_dataset
@@ -231,7 +232,7 @@ def _length(sample) -> int:
         ("garbage", lambda old, s: bytes(range(256)) * 8, "scene.mp4: cannot open video member"),
         (
             "other-codec",
-            lambda old, s: _mpeg4(_length(s)),
+            lambda old, s: encoded_video(_length(s), "mpeg4", size=16),
             "scene.mp4: video codec 'mpeg4' is not one actionprior decodes",
         ),
     ],
@@ -253,26 +254,6 @@ def test_check_gives_one_line_per_broken_video_member(pair, tmp_path: Path, name
     # The stream refuses the same member in one line naming it.
     with pytest.raises(DataError, match="obs-00000.tar"):
         list(iter_episodes(data, _module(pair[0]).registry, with_frames=True))
-
-
-def _mpeg4(length: int) -> bytes:
-    import io
-
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width = stream.height = 16
-        stream.pix_fmt = "yuv420p"
-        for t in range(length):
-            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def test_check_names_a_codec_this_pyav_lacks(pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

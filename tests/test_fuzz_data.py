@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_video import encoded_video
 
 from actionprior.data.schema import DataError, encode_npy, encode_png
 from actionprior.data.synthetic import write_synthetic_dataset
@@ -1176,24 +1177,6 @@ def _video_edit(edit: Callable[[bytes, int], bytes], rehash: bool = True) -> Cal
     return mutate
 
 
-def _video_bytes(length: int, codec: str = "libx264", size: int = 8) -> bytes:
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=30)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for t in range(length):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), t, np.uint8), format="rgb24")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
 def _byte_flips(count: int, seed: int) -> Callable[[bytes, int], bytes]:
     rng = np.random.default_rng(seed)
 
@@ -1215,11 +1198,11 @@ def video_cases() -> list[Case]:
         Case("video-truncated", _video_edit(lambda d, n: d[: len(d) // 3]), o0, loader_fails=True),
         Case("video-garbage", _video_edit(lambda d, n: bytes(range(256)) * 16), o0, loader_fails=True),
         Case("video-empty", _video_edit(lambda d, n: b""), o0, loader_fails=True),
-        Case("video-fewer-frames", _video_edit(lambda d, n: _video_bytes(n - 1)), o0, loader_fails=True),
-        Case("video-more-frames", _video_edit(lambda d, n: _video_bytes(n + 5)), o0, loader_fails=True),
-        Case("video-other-codec", _video_edit(lambda d, n: _video_bytes(n, "mpeg4")), o0, loader_fails=True),
+        Case("video-fewer-frames", _video_edit(lambda d, n: encoded_video(n - 1)), o0, loader_fails=True),
+        Case("video-more-frames", _video_edit(lambda d, n: encoded_video(n + 5)), o0, loader_fails=True),
+        Case("video-other-codec", _video_edit(lambda d, n: encoded_video(n, "mpeg4")), o0, loader_fails=True),
         Case(
-            "video-larger-frames", _video_edit(lambda d, n: _video_bytes(n, size=32)), o0, loader_fails=True
+            "video-larger-frames", _video_edit(lambda d, n: encoded_video(n, size=32)), o0, loader_fails=True
         ),
     ]
     rng = np.random.default_rng(VIDEO_SEED)
