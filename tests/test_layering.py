@@ -2,7 +2,7 @@
 
 Layers, lowest first (docs/contracts.md, "Layers"); a module imports only its own package and lower layers:
 
-    0  resources | progress                         packaged files; the commands' progress bar
+    0  resources | progress | process | intervals   packaged files; progress bar; worker processes; Wilson
     1  embodiments | checkpoint_file                what everything shares (no models, no data)
     2  data | models                                siblings: neither imports the other
     3  checkpoint                                   payloads, compatibility, the models they describe
@@ -28,6 +28,7 @@ LAYERS = {
     "resources": 0,
     "progress": 0,
     "process": 0,
+    "intervals": 0,
     "embodiments": 1,
     "checkpoint_file": 1,
     "data": 2,

@@ -78,13 +78,14 @@ def test_resume_bookkeeping(tmp_path: Path) -> None:
         ep.read_finished(tmp_path, SETTINGS)
 
 
-@pytest.mark.parametrize("n", [1, 7, 50, 500])
-def test_wilson_is_the_study_formula(n: int) -> None:
-    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
-        low, high = ev.wilson(k, n)
-        ref = study_wilson(k, n)
-        assert low == pytest.approx(ref.low, abs=1e-12) and high == pytest.approx(ref.high, abs=1e-12)
+def test_wilson_known_values() -> None:
+    # 0/10: the upper bound is z^2 / (n + z^2); 5/10: the textbook [23.7, 76.3] %.
+    low, high = ev.wilson(0, 10)
+    assert low == 0.0 and high == pytest.approx(1.959963984540054**2 / (10 + 1.959963984540054**2), abs=1e-12)
+    assert ev.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert ev.wilson(10, 10)[1] == 1.0
     assert ev.wilson(0, 0) == (0.0, 1.0)
+    assert ev.wilson(7, 50) == pytest.approx((study_wilson(7, 50).low, study_wilson(7, 50).high), abs=1e-12)
 
 
 def test_report_per_task_and_suite(tmp_path: Path) -> None:

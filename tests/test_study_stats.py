@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from actionprior.intervals import wilson_bounds
 from actionprior.study.stats import (
-    Z95,
-    _wilson_bounds,
     contrast_bounds,
     contrast_interval,
     episodes_for_half_width,
@@ -81,7 +80,7 @@ def test_per_task_mean_and_pooled_on_a_known_example() -> None:
     # pooled with one seed is a plain rate: at least the Wilson interval of 12/50
     assert pooled.low <= wilson(12, 50).low + 1e-12 and pooled.high >= wilson(12, 50).high - 1e-12
     # per-task mean: the Wilson floor uses the Kish effective count 1 / (0.5^2/10 + 0.5^2/40) = 32 episodes
-    low, high = _wilson_bounds(0.45, 32.0, Z95)
+    low, high = wilson_bounds(0.45, 32.0)
     assert per_task.low <= low + 1e-12 and per_task.high >= high - 1e-12
     assert task_weights([10, 40], per_task_mean=True).tolist() == [0.5, 0.5]
 

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+from actionprior.intervals import Z95, wilson_bounds
+
 RESAMPLES = 10_000
 
 
@@ -60,23 +61,13 @@ class Interval:
         return f"{100 * self.estimate:{sign}.1f} [{100 * self.low:{sign}.1f}, {100 * self.high:{sign}.1f}]"
 
 
-def _wilson_bounds(p: float, n: float, z: float) -> tuple[float, float]:
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # Exact 0 and 1 at the boundaries (the formula gives them up to rounding).
-    low = 0.0 if p <= 0 else max(0.0, centre - half)
-    high = 1.0 if p >= 1 else min(1.0, centre + half)
-    return low, high
-
-
 def wilson(successes: int, n: int, z: float = Z95) -> Interval:
     """The Wilson score interval of ``successes / n`` (independent trials)."""
     if n < 0 or not 0 <= successes <= max(n, 0):
         raise ValueError(f"wilson: need 0 <= successes <= n, got successes={successes}, n={n}")
     if n == 0:
         return Interval(float("nan"), 0.0, 1.0, 0, "wilson")
-    low, high = _wilson_bounds(successes / n, n, z)
+    low, high = wilson_bounds(successes / n, n, z)
     return Interval(successes / n, low, high, n, "wilson")
 
 
@@ -261,7 +252,7 @@ def contrast_interval(
 
 
 def _wilson_array(p: np.ndarray, n: float, z: float) -> tuple[np.ndarray, np.ndarray]:
-    bounds = np.array([_wilson_bounds(float(v), n, z) for v in np.atleast_1d(p)])
+    bounds = np.array([wilson_bounds(float(v), n, z) for v in np.atleast_1d(p)])
     return bounds[:, 0], bounds[:, 1]
 
 

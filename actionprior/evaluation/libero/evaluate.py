@@ -13,7 +13,6 @@ GIFs into ``--out``. Run it again with the same ``--out`` to resume: finished ep
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -45,27 +44,20 @@ from actionprior.evaluation.libero.mapping import (
     check_cameras,
 )
 from actionprior.evaluation.rollout import EpisodeResult
+from actionprior.intervals import wilson_bounds
 
 LIBERO_PYTHON_ENV = "ACTIONPRIOR_LIBERO_PYTHON"
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_LIBERO_VENV = REPO / ".venv-libero"
-Z95 = 1.959963984540054
 
 
 class LiberoEvalError(ValueError):
     """The LIBERO environment, the server or the arguments do not allow the evaluation; one line says why."""
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95 % Wilson score interval of ``successes / n``; the formula of :func:`actionprior.study.stats.wilson`
-    (a higher layer; tests/test_libero_eval.py pins them equal)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (0.0 if p <= 0 else max(0.0, centre - half)), (1.0 if p >= 1 else min(1.0, centre + half))
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of ``successes / n`` (``(0, 1)`` for no episodes)."""
+    return wilson_bounds(successes / n if n > 0 else 0.0, n)
 
 
 def libero_python(given: str | None) -> Path:
